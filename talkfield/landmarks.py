@@ -57,11 +57,12 @@ LEFT_EYE = np.array([263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385,
 """Eye contours (closed loops starting at the outer corner, lower lid first)."""
 
 EYELID_PAIRS = np.array([
-    # (upper, lower) vertical pairs of the subject's right eye, then the left eye
-    (160, 144), (159, 145), (158, 153),
-    (387, 373), (386, 374), (385, 380),
+    # (upper, lower) vertical pairs of the subject's right eye, then the left eye. Only pairs that are also in
+    # the 68-point layout, so eye openness can be computed from canonical 68-point offsets at inference.
+    (160, 144), (158, 153),
+    (387, 373), (385, 380),
 ], dtype=np.int64)
-"""[6,2] upper/lower eyelid pairs used by eye openness."""
+"""[4,2] upper/lower eyelid pairs used by eye openness (all in LM68_FROM_478)."""
 
 EYE_WIDTH_PAIRS = np.array([(33, 133), (263, 362)], dtype=np.int64)
 """[2,2] (outer, inner) corners of the right and left eye."""
@@ -101,14 +102,30 @@ def lip_width(points: np.ndarray) -> np.ndarray:
     return np.linalg.norm(points[..., b, :] - points[..., a, :], axis=-1)
 
 
+def _index_in(points: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Map 478-mesh indices to the layout of `points` (478 or 68 points on axis -2)."""
+    n = points.shape[-2]
+    if n == NUM_MESH:
+        return idx
+    if n == len(LM68_FROM_478):
+        lookup = {int(v): i for i, v in enumerate(LM68_FROM_478)}
+        return np.vectorize(lookup.__getitem__)(idx)
+    raise ValueError(f"expected {NUM_MESH} or 68 landmarks on axis -2, got shape {points.shape}")
+
+
 def eye_ratio(points: np.ndarray) -> np.ndarray:
-    """Raw eye openness: mean eyelid gap over eye width, both eyes. points: [..., 478, D] -> [...].
+    """Raw eye openness: mean eyelid gap over eye width, both eyes. points: [..., 478 or 68, D] -> [...].
 
     This is the un-normalised quantity; `talkfield.motion.eye_openness` maps it to [0, 1] with the
-    person's 3%/97% quantiles (the single definition of eye openness, CONTRACTS.md section 4).
+    person's 3%/97% quantiles (the single definition of eye openness, CONTRACTS.md section 4). It gives the
+    same value on the full mesh and on its 68-point layout (every point it uses is in both).
     """
-    gaps = np.linalg.norm(points[..., EYELID_PAIRS[:, 0], :] - points[..., EYELID_PAIRS[:, 1], :], axis=-1)
-    widths = np.linalg.norm(points[..., EYE_WIDTH_PAIRS[:, 0], :] - points[..., EYE_WIDTH_PAIRS[:, 1], :], axis=-1)
-    right = gaps[..., :3].mean(-1) / np.maximum(widths[..., 0], 1e-8)
-    left = gaps[..., 3:].mean(-1) / np.maximum(widths[..., 1], 1e-8)
+    points = np.asarray(points)
+    lids = _index_in(points, EYELID_PAIRS)
+    wide = _index_in(points, EYE_WIDTH_PAIRS)
+    gaps = np.linalg.norm(points[..., lids[:, 0], :] - points[..., lids[:, 1], :], axis=-1)
+    widths = np.linalg.norm(points[..., wide[:, 0], :] - points[..., wide[:, 1], :], axis=-1)
+    half = len(EYELID_PAIRS) // 2
+    right = gaps[..., :half].mean(-1) / np.maximum(widths[..., 0], 1e-8)
+    left = gaps[..., half:].mean(-1) / np.maximum(widths[..., 1], 1e-8)
     return 0.5 * (right + left)

@@ -1,0 +1,1 @@
+"""LightningDataModules and preprocessing stages (video -> binarized dataset). CPU tensors only."""

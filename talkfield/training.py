@@ -1,0 +1,146 @@
+"""The training driver behind `train.py`: profile, subject, objects from config, fit, metadata, cleanup."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from talkfield.dataset import DatasetError, open_subject
+from talkfield.runs import make_meta, mark_latest, resolve_checkpoint
+
+log = logging.getLogger("talkfield")
+
+SUBJECT_STAGES = ("head", "torso", "audio2motion")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key and what to pass."""
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Fail at start, naming every missing `???` value and how to pass it."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        examples = " ".join(f"{k}=<value>" for k in missing)
+        raise ConfigError(f"missing required config value(s): {', '.join(missing)}. "
+                          f"Pass them on the command line, e.g. `python train.py ... {examples}` "
+                          "(see the comment above each key in configs/ for what it takes)")
+
+
+def cli_override_keys() -> set[str]:
+    """Keys the user set on the command line (these always win over a profile)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except Exception:  # not running under Hydra (tests compose configs directly)
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+def apply_cpu_profile(cfg: DictConfig, keep: set[str] | None = None) -> list[str]:
+    """On a machine without a GPU, apply the experiment's `cpu_profile` overrides, except keys in `keep`
+    (default: those given on the command line); return what changed."""
+    if torch.cuda.is_available() or not cfg.get("auto_profile", True):
+        return []
+    keep = cli_override_keys() if keep is None else keep
+    changes = []
+    with open_dict(cfg):
+        items = dict(cfg.get("cpu_profile") or {})
+        items.setdefault("trainer.accelerator", "cpu")
+        items.setdefault("trainer.precision", "32-true")
+        for key, value in items.items():
+            if key in keep:
+                continue
+            old = OmegaConf.select(cfg, key, default=None)
+            if old != value:
+                OmegaConf.update(cfg, key, value, force_add=True)
+                changes.append(f"{key}: {old} -> {value}")
+    log.info("no GPU found: using the CPU profile (%s)", "; ".join(changes) or "no changes")
+    return changes
+
+
+def ensure_subject(cfg: DictConfig) -> str | None:
+    """Make sure the subject's dataset exists (generating + preprocessing the synthetic sample if needed).
+
+    Returns the dataset fingerprint, or None for stages that need no subject.
+    """
+    if cfg.stage not in SUBJECT_STAGES or cfg.get("data") is None or not cfg.data.get("needs_subject", True):
+        return None
+    name = cfg.subject.name
+    data_dir = Path(cfg.paths.data_dir)
+    if not (data_dir / name / "manifest.json").is_file():
+        syn = cfg.subject.get("synthetic")
+        if syn is None or syn.get("name") != name:
+            raise DatasetError(f"subject {name!r}: no dataset at {data_dir / name}; run "
+                               f"`python preprocess.py video=<path/to/video.mp4> subject.name={name}` first")
+        from datamodules.preprocess import preprocess_video
+        from datamodules.sample import generate_sample
+
+        log.info("subject %r is missing: generating the synthetic sample (seed %s, %ss, %spx) and preprocessing it",
+                 name, syn.seed, syn.duration, syn.size)
+        video = generate_sample(Path(cfg.paths.sources_dir) / name, seed=int(syn.seed), duration=float(syn.duration),
+                                size=int(syn.size), fps=int(syn.get("fps", 25)))
+        preprocess_video(Path(video), name, data_dir)
+    return open_subject(data_dir, name).fingerprint
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train one stage as configured. Returns the final callback metrics (floats)."""
+    from lightning.pytorch import seed_everything
+
+    from lightning_modules.base import RunStateCallback
+    from talkfield.loggers import finish_wandb
+
+    check_required(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    profile_changes = apply_cpu_profile(cfg)
+    seed_everything(int(cfg.seed), workers=True)
+    fingerprint = ensure_subject(cfg)
+    subject = cfg.subject.name if cfg.stage in SUBJECT_STAGES else None
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir, cfg.subject.name, cfg.stage)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    model = instantiate(cfg.model, _convert_="partial")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    meta = make_meta(cfg.stage, subject if cfg.stage != "audio2motion" or not cfg.data.get("corpus") else None,
+                     fingerprint, resolved, extra={"run_dir": str(run_dir), "cpu_profile": profile_changes})
+    callbacks.append(RunStateCallback(meta))
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="partial")
+    try:
+        counts = count_parameters(model)
+        log.info("parameters: %s", counts)
+        for lg in trainer.loggers:
+            lg.log_hyperparams({"config": resolved, **counts})
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except torch.cuda.OutOfMemoryError as err:
+            hint = cfg.get("oom_hint") or "trainer.precision=bf16-mixed or a smaller data/model size"
+            raise RuntimeError(f"GPU out of memory in stage {cfg.stage}: lower {hint}") from err
+        vci = cfg.trainer.get("val_check_interval")
+        validated_last = isinstance(vci, int) and vci > 0 and trainer.global_step % vci == 0
+        if cfg.get("validate_at_end", True) and not validated_last and not trainer.fast_dev_run:
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        mark_latest(run_dir)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        log.info("run finished: %s; metrics %s", run_dir, {k: round(v, 4) for k, v in metrics.items()})
+        return metrics
+    finally:
+        finish_wandb()
