@@ -18,7 +18,10 @@ class FitImageModule(TalkFieldModule):
     def __init__(self, network: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, image_size: int = 128):
         super().__init__()
-        self.save_hyperparameters(ignore=["network"])
+        # optimizer/scheduler factories stay out of the checkpoint (it must load with weights_only=True);
+        # the resolved config travels in checkpoint["talkfield"]["config"]
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.network = network
         self.image_size = image_size
 
@@ -40,8 +43,8 @@ class FitImageModule(TalkFieldModule):
                         captions=["ground truth | fit"])
 
     def configure_optimizers(self):
-        opt = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
+        opt = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
                                                    "interval": "step"}}

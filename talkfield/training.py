@@ -96,8 +96,9 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train one stage as configured. Returns the final callback metrics (floats)."""
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train one stage as configured. `overrides` (when not run by Hydra's CLI) are the user's key=value
+    strings, which a CPU profile never changes. Returns the final callback metrics (floats)."""
     from lightning.pytorch import seed_everything
 
     from lightning_modules.base import RunStateCallback
@@ -106,7 +107,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    profile_changes = apply_cpu_profile(cfg)
+    keep = None if overrides is None else {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    profile_changes = apply_cpu_profile(cfg, keep)
     seed_everything(int(cfg.seed), workers=True)
     fingerprint = ensure_subject(cfg)
     subject = cfg.subject.name if cfg.stage in SUBJECT_STAGES else None

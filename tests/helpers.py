@@ -28,4 +28,4 @@ def run_stage(overrides: list[str], tmp_path: Path, run_name: str = "run") -> tu
     run_dir = tmp_path / run_name
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    return run(cfg), run_dir
+    return run(cfg, overrides=overrides), run_dir
