@@ -1,0 +1,222 @@
+"""Stage 4: face model and camera without a licensed 3DMM.
+
+1. Generalised Procrustes of the 3D detections on `landmarks.RIGID` gives the person's mean shape in head units
+   (talkfield.motion) and a weak-perspective pose per frame.
+2. A per-person expression basis: PCA of the canonical residuals with the rigid-motion directions projected
+   out; the number of components (<= 32) minimises the error on held-out frames (coefficients estimated from
+   half of the points, error measured on the other half, so extra components that fit noise are penalised).
+3. Joint least squares (L-BFGS) of a pinhole camera: per-frame rotation and translation, one focal length,
+   a correction of the mean shape and per-frame expression coefficients, on the 2D reprojection error of all
+   478 points, with a temporal second-difference penalty on the pose (expression is left free so lips and eyes
+   keep their timing).
+4. The gauge is reset so the fitted mean shape is exactly canonical (talkfield.motion.normalize_shape); poses
+   become camera-to-world matrices in the head frame (talkfield.camera conventions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from talkfield import camera, landmarks as lmk, motion
+
+from .common import log
+
+
+def _tangent_basis(shape: np.ndarray) -> np.ndarray:
+    """Orthonormal basis [7, N*3] of infinitesimal similarity motions (3 translations, 3 rotations, scale)."""
+    N = len(shape)
+    X = shape - shape.mean(0)
+    vecs = []
+    for k in range(3):
+        v = np.zeros((N, 3))
+        v[:, k] = 1
+        vecs.append(v)
+    for axis in np.eye(3):
+        vecs.append(np.cross(axis, X))
+    vecs.append(X)
+    G = np.stack([v.reshape(-1) for v in vecs])
+    q, _ = np.linalg.qr(G.T)
+    return q.T
+
+
+def expression_basis(canonical: np.ndarray, mean_shape: np.ndarray, max_k: int, holdout_every: int):
+    """PCA expression basis chosen by held-out-frame error.
+
+    canonical [T,478,3], mean_shape [478,3] (head units). Returns (basis [K,478,3], coeffs [T,K],
+    held-out error per K [max_k+1] (head units, RMS over held-out points; index 0 = no basis)).
+    """
+    T, N, _ = canonical.shape
+    D = (canonical - mean_shape).reshape(T, -1)
+    G = _tangent_basis(mean_shape)
+    D = D - (D @ G.T) @ G
+    hold = np.arange(T) % holdout_every == holdout_every // 2 if T >= 2 * holdout_every else np.zeros(T, bool)
+    train = ~hold
+    _, _, Vt = np.linalg.svd(D[train] - 0.0, full_matrices=False)
+    max_k = int(min(max_k, Vt.shape[0], max(1, train.sum() - 1)))
+    errs = np.full(max_k + 1, np.nan)
+    if hold.any():
+        pt = np.arange(N)
+        a = np.repeat(pt % 2 == 0, 3)  # coordinates of the points used to estimate coefficients
+        b = ~a  # coordinates the error is measured on
+        H = D[hold]
+        errs[0] = np.sqrt(np.mean(H[:, b] ** 2))
+        for k in range(1, max_k + 1):
+            V = Vt[:k]  # [k, N*3]
+            coef, *_ = np.linalg.lstsq(V[:, a].T, H[:, a].T, rcond=None)  # [k, n_hold]
+            errs[k] = np.sqrt(np.mean((H[:, b] - coef.T @ V[:, b]) ** 2))
+        K = int(np.nanargmin(errs[1:]) + 1)
+    else:
+        K = max_k
+    _, _, Vt = np.linalg.svd(D, full_matrices=False)
+    V = Vt[:K]
+    coeffs = D @ V.T
+    return V.reshape(K, N, 3), coeffs, errs
+
+
+def _rodrigues(w):
+    import torch
+
+    theta = w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = w / theta
+    K = torch.zeros(*w.shape[:-1], 3, 3, dtype=w.dtype)
+    K[..., 0, 1], K[..., 0, 2] = -k[..., 2], k[..., 1]
+    K[..., 1, 0], K[..., 1, 2] = k[..., 2], -k[..., 0]
+    K[..., 2, 0], K[..., 2, 1] = -k[..., 1], k[..., 0]
+    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    eye = torch.eye(3, dtype=w.dtype).expand_as(K)
+    return eye + s * K + (1 - c) * (K @ K)
+
+
+def _rotvec(R: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(R).as_rotvec()
+
+
+def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
+    """Fit pose, focal length, mean shape and expression to tracked landmarks.
+
+    lms2d: [T,478,3] px (x, y in the crop; z MediaPipe's relative depth scaled like x). size: crop size (px).
+    Returns a dict of schema arrays (intrinsics, c2w, mean_shape, lms3d, offsets, motion_stats, exp_basis,
+    exp_coeffs, eye_ratio, eye_open, face_rect, lip_rect) and 'info' (K chosen, errors, focal).
+    """
+    import torch
+
+    T = len(lms2d)
+    P = lms2d.astype(np.float64)
+    canon = motion.canonicalize(P)
+    mean0 = canon.mean_shape
+    B, coeffs0, errs = expression_basis(canon.canonical, mean0, cfg["max_components"], cfg["holdout_every"])
+    K = len(B)
+
+    # initial pinhole camera from the weak-perspective Procrustes poses
+    cx = cy = size / 2.0
+    f0 = float(cfg["focal"]) if cfg.get("focal") else 2.0 * size
+    Rc0 = np.swapaxes(canon.R, 1, 2)  # head -> image axes
+    s = canon.s  # head units per px
+    origin = np.einsum("tij,tj->ti", Rc0, -canon.t) / s[:, None]  # rigid centroid in image px
+    Z = f0 * s
+    tau0 = np.stack([(origin[:, 0] - cx) * Z / f0, (origin[:, 1] - cy) * Z / f0, Z], -1)
+
+    dt = torch.float64
+    obs = torch.tensor(P[..., :2], dtype=dt)
+    w = torch.ones(lmk.NUM_MESH, dtype=dt)
+    w[lmk.RIGID] = 2.0
+    mean_t = torch.tensor(mean0, dtype=dt)
+    B_t = torch.tensor(B, dtype=dt)
+    omega = torch.tensor(_rotvec(Rc0), dtype=dt, requires_grad=True)
+    tau = torch.tensor(tau0, dtype=dt, requires_grad=True)
+    logf = torch.tensor(np.log(f0), dtype=dt, requires_grad=not cfg.get("focal"))
+    dmean = torch.zeros_like(mean_t, requires_grad=True)
+    coef = torch.tensor(coeffs0, dtype=dt, requires_grad=True)
+    params = [omega, tau, dmean, coef] + ([logf] if logf.requires_grad else [])
+    lam_pose = float(cfg["smooth_pose"])
+    lam_exp = float(cfg["smooth_exp"])
+
+    def d2(x):
+        return x[2:] - 2 * x[1:-1] + x[:-2] if len(x) > 2 else x[:0]
+
+    def project(omega, tau, logf, dmean, coef):
+        X = mean_t + dmean + torch.einsum("tk,knd->tnd", coef, B_t)
+        R = _rodrigues(omega)
+        C = torch.einsum("tij,tnj->tni", R, X) + tau[:, None]
+        f = logf.exp()
+        uv = f * C[..., :2] / C[..., 2:3].clamp_min(1e-6) + torch.tensor([cx, cy], dtype=dt)
+        return uv, C
+
+    def loss_fn():
+        uv, C = project(omega, tau, logf, dmean, coef)
+        data = ((uv - obs) ** 2).sum(-1)
+        data = (data * w).sum() / (w.sum() * T)
+        px_per_unit = (logf.exp() / tau[:, 2].detach()).mean()
+        smooth = lam_pose * (px_per_unit ** 2) * (d2(omega).pow(2).sum() + d2(tau[:, :2]).pow(2).sum()
+                                                  + 0.1 * d2(tau[:, 2:]).pow(2).sum()) / T
+        reg = float(cfg.get("shape_reg", 1.0)) * (px_per_unit ** 2) * dmean.pow(2).mean()
+        if lam_exp > 0:
+            reg = reg + lam_exp * (px_per_unit ** 2) * d2(coef).pow(2).sum() / T
+        return data + smooth + reg
+
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=int(cfg["iters"]), history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+    with torch.no_grad():
+        f = float(logf.exp())
+        R_c = _rodrigues(omega).numpy()
+        tau_np = tau.numpy().copy()
+        mean_fit = (mean_t + dmean).numpy()
+        coef_np = coef.numpy().copy()
+    # reset the gauge: the fitted mean shape becomes exactly canonical
+    mean_new, sg, Rg, tg = motion.normalize_shape(mean_fit)
+    B_new = sg * np.einsum("knj,ij->kni", B, Rg)
+    R_new = R_c @ Rg.T
+    tau_new = sg * tau_np - np.einsum("tij,j->ti", R_new, tg)
+    w2c = np.tile(np.eye(4), (T, 1, 1))
+    w2c[:, :3, :3] = R_new
+    w2c[:, :3, 3] = tau_new
+    c2w = camera.invert_pose(w2c)
+    Kmat = camera.intrinsics_matrix(f, f, cx, cy)
+    lms3d = mean_new + np.einsum("tk,knd->tnd", coef_np, B_new)
+    off = motion.offsets(lms3d, mean_new)
+    ratio = lmk.eye_ratio(lms3d)
+    q03, q97 = motion.eye_quantiles(ratio)
+
+    uv, _ = camera.project(lms3d, c2w, Kmat)
+    err = np.linalg.norm(uv - P[..., :2], axis=-1)
+    rig_uv = uv[:, lmk.RIGID]
+    jitter = float(np.abs(rig_uv[2:] - 2 * rig_uv[1:-1] + rig_uv[:-2]).mean()) if T > 2 else 0.0
+    info = {"components": K, "holdout_rms": [None if not np.isfinite(e) else float(e) for e in errs],
+            "focal_px": f, "reproj_median_px": float(np.median(err)), "reproj_p95_px": float(np.percentile(err, 95)),
+            "rigid_jitter_px": jitter, "eye_quantiles": [q03, q97]}
+    log.info("fit: %d expression components, focal %.0f px, reprojection median %.2f px, rigid jitter %.3f px",
+             K, f, info["reproj_median_px"], jitter)
+    return {
+        "intrinsics": Kmat, "c2w": c2w, "mean_shape": mean_new, "lms3d": lms3d, "offsets": off,
+        "motion_stats": motion.motion_stats(off), "exp_basis": B_new, "exp_coeffs": coef_np,
+        "eye_ratio": ratio, "eye_open": motion.eye_openness(ratio, q03, q97),
+        "face_rect": face_rects(lms2d, size), "lip_rect": lip_rects(lms2d, size), "info": info,
+    }
+
+
+def face_rects(lms2d: np.ndarray, size: int) -> np.ndarray:
+    """Face boxes [T,4] int32 (x0, y0, x1, y1) from the 68-point layout, clamped to the image."""
+    p = lmk.to68(lms2d)[..., :2]
+    r = np.concatenate([p.min(1), p.max(1)], -1)
+    return np.clip(np.round(r), 0, size).astype(np.int32)
+
+
+def lip_rects(lms2d: np.ndarray, size: int) -> np.ndarray:
+    """Square lip boxes [T,4] int32: bbox of the outer lips, half-size x1.2, clamped (as GeneFace++)."""
+    p = lmk.to68(lms2d)[:, 48:60, :2]
+    lo, hi = p.min(1), p.max(1)
+    c = (lo + hi) / 2
+    half = 1.2 * (hi - lo).max(-1, keepdims=True) / 2
+    r = np.concatenate([c - half, c + half], -1)
+    return np.clip(np.round(r), 0, size).astype(np.int32)
