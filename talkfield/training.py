@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from talkfield.dataset import DatasetError, open_subject
+from talkfield.dataset import DatasetError, atomic_write_text, open_subject
 from talkfield.runs import make_meta, mark_latest, resolve_checkpoint
 
 log = logging.getLogger("talkfield")
@@ -32,15 +35,14 @@ def check_required(cfg: DictConfig) -> None:
                           "(see the comment above each key in configs/ for what it takes)")
 
 
-def cli_override_keys() -> set[str]:
-    """Keys the user set on the command line (these always win over a profile)."""
+def cli_overrides() -> list[str]:
+    """The key=value overrides given on the command line (they always win over a profile)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = HydraConfig.get().overrides.task
+        return list(HydraConfig.get().overrides.task)
     except Exception:  # not running under Hydra (tests compose configs directly)
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        return []
 
 
 def apply_cpu_profile(cfg: DictConfig, keep: set[str] | None = None) -> list[str]:
@@ -48,7 +50,7 @@ def apply_cpu_profile(cfg: DictConfig, keep: set[str] | None = None) -> list[str
     (default: those given on the command line); return what changed."""
     if torch.cuda.is_available() or not cfg.get("auto_profile", True):
         return []
-    keep = cli_override_keys() if keep is None else keep
+    keep = {o.split("=", 1)[0].lstrip("+~") for o in cli_overrides()} if keep is None else keep
     changes = []
     with open_dict(cfg):
         items = dict(cfg.get("cpu_profile") or {})
@@ -96,6 +98,25 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
 
+def device_name() -> str:
+    """The card a run used ('NVIDIA H100 80GB HBM3'), or 'CPU <n> cores'."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {os.cpu_count()} cores"
+
+
+def write_summary(run_dir: Path, cfg: DictConfig, overrides: list[str], metrics: dict[str, float],
+                  wall_s: float) -> Path:
+    """run_summary.json: what experiments/collect.py tabulates (no hand-typed numbers anywhere)."""
+    summary = {"stage": cfg.stage, "subject": cfg.subject.name, "run_id": run_dir.name, "seed": int(cfg.seed),
+               "overrides": list(overrides), "tags": list(cfg.get("tags") or []), "device": device_name(),
+               "study": cfg.get("study"), "row": cfg.get("row"),
+               "wall_s": round(wall_s, 2), "max_steps": int(cfg.trainer.get("max_steps", -1)), "metrics": metrics}
+    path = run_dir / "run_summary.json"
+    atomic_write_text(path, json.dumps(summary, indent=2))
+    return path
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train one stage as configured. `overrides` (when not run by Hydra's CLI) are the user's key=value
     strings, which a CPU profile never changes. Returns the final callback metrics (floats)."""
@@ -107,7 +128,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     check_required(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    keep = None if overrides is None else {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if overrides is None:
+        overrides = cli_overrides()
+    keep = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     profile_changes = apply_cpu_profile(cfg, keep)
     seed_everything(int(cfg.seed), workers=True)
     fingerprint = ensure_subject(cfg)
@@ -130,6 +153,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         log.info("parameters: %s", counts)
         for lg in trainer.loggers:
             lg.log_hyperparams({"config": resolved, **counts})
+        t0 = time.time()
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         except torch.cuda.OutOfMemoryError as err:
@@ -142,6 +166,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         mark_latest(run_dir)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        write_summary(run_dir, cfg, overrides, metrics, time.time() - t0)
         log.info("run finished: %s; metrics %s", run_dir, {k: round(v, 4) for k, v in metrics.items()})
         return metrics
     finally:
