@@ -357,9 +357,11 @@ def build_face_model() -> FaceModel:
 
     far = np.where(dist_m[:n468] > 0.75)[0]
 
-    def field(idx, disp, extra_fixed_zero=()):
+    nose = np.array([1, 2, 4, 5, 6, 168, 195, 197, 98, 327, 48, 278, 64, 294])
+
+    def field(idx, disp):
         idx = np.asarray(idx)
-        zero = np.setdiff1d(np.r_[far, np.asarray(extra_fixed_zero, dtype=np.int64)], idx)
+        zero = np.setdiff1d(np.r_[far, nose, RIGID], idx)
         f = harmonic_field(n468, edges, np.r_[idx, zero], np.r_[np.asarray(disp, float).reshape(-1, 3),
                                                                   np.zeros((len(zero), 3))])
         return np.r_[f, np.zeros((NUM_MESH - n468, 3))]
@@ -389,7 +391,7 @@ def build_face_model() -> FaceModel:
     far_eye = np.where(d_eye > 0.42)[0]
     corners = np.array([33, 133, 263, 362])
     blink_disp = (rest[lo] - rest[up]) * 0.97
-    zero = np.setdiff1d(np.r_[far_eye, lo, corners], up)
+    zero = np.setdiff1d(np.r_[far_eye, lo, corners, RIGID], up)
     blink = harmonic_field(n468, edges, np.r_[up, zero], np.r_[blink_disp, np.zeros((len(zero), 3))])
     blink = np.r_[blink, np.zeros((NUM_MESH - n468, 3))]
     fields = {"close": close, "wide": wide, "round": round_f, "blink": blink}
