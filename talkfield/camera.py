@@ -88,12 +88,19 @@ def invert_pose(T):
     return out
 
 
-def project(points: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points into a camera. points [..., N, 3], c2w [..., 4, 4], K [3,3].
+def project(points, c2w, K):
+    """Project world points into a camera. points [..., N, 3], c2w [..., 4, 4], K [3,3] (numpy, or torch
+    tensors: differentiable, on their device).
 
     Returns uv [..., N, 2] in pixels (centres at +0.5 convention) and camera depth z [..., N].
     """
     w2c = invert_pose(c2w)
+    if isinstance(points, torch.Tensor):
+        K = torch.as_tensor(K, dtype=points.dtype, device=points.device)
+        cam = points @ w2c[..., :3, :3].transpose(-1, -2) + w2c[..., None, :3, 3]
+        z = cam[..., 2]
+        uv = cam[..., :2] / z.clamp_min(1e-9)[..., None]
+        return uv * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]]), z
     cam = points @ np.swapaxes(w2c[..., :3, :3], -1, -2) + w2c[..., None, :3, 3]
     z = cam[..., 2]
     uv = cam[..., :2] / np.maximum(z[..., None], 1e-9)
