@@ -22,22 +22,30 @@ def item_at(k: int, n: int, seed: int) -> int:
 
 
 class StepStream(IterableDataset):
-    """Endless stream of training items: item k = make(index=item_at(k), step=k). make(...) must be deterministic
-    given its arguments (it may seed its own generator from `step`). Workers split the stream round-robin."""
+    """Endless stream of training items. At optimizer step s, rank r of W ranks gets global item k = s * W + r:
+    make(index=item_at(k), step=k). `make` must be deterministic given its arguments (it may seed its own generator
+    from `step`), so the global batch of a step is the same for any number of ranks as long as W is the same, and a
+    resumed run (start = restored global step) continues exactly. DataLoader workers split the steps round-robin;
+    items are whole batches (use DataLoader(batch_size=None))."""
 
-    def __init__(self, n: int, make: Callable[[int, int], object], seed: int, start: int = 0):
+    def __init__(self, n: int, make: Callable[[int, int], object], seed: int, start: int = 0, rank: int = 0,
+                 world_size: int = 1):
         super().__init__()
         if n <= 0:
             raise ValueError("StepStream needs at least one item to draw from")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         self.n, self.make, self.seed, self.start = n, make, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[object]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        k = self.start + wid
+        step = self.start + wid
         while True:
+            k = step * self.world_size + self.rank
             yield self.make(item_at(k, self.n, self.seed), k)
-            k += nw
+            step += nw
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
