@@ -195,7 +195,7 @@ def march_rays_train(
     counts = C.march_rays_train_count(rays_o, rays_d, bitfield, aabb, nears, fars, noise, resolution, float(dt),
                                       int(max_steps))
     offsets64 = torch.cumsum(counts, 0, dtype=torch.int64) - counts
-    total = int(offsets64[-1].item() + counts[-1].item()) if n > 0 else 0
+    total = int((offsets64[-1] + counts[-1]).item()) if n > 0 else 0  # the one host sync of the op
     if total >= 2 ** 31:
         raise RuntimeError(f"march_rays_train: {total} samples exceed int32 offsets; use fewer rays per batch")
     cap = max(total, int(buffer_size or 0))

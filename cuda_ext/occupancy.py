@@ -99,7 +99,7 @@ class OccupancyGrid(nn.Module):
             H, W: image size. convention: ``opencv`` (camera x right, y down, looks along +z) or ``opengl``
                 (y up, looks along -z).
         A cell counts as seen when its centre lies in front of a camera and projects inside the image
-        widened by the cell's half-diagonal.
+        widened by the cell's half-diagonal. Before the first :meth:`update` every seen cell stays occupied.
         """
         dev = self.density_grid.device
         poses = poses.to(device=dev, dtype=torch.float32)
@@ -128,7 +128,10 @@ class OccupancyGrid(nn.Module):
                 s |= (z > 0) & (u >= -mu) & (u <= W + mu) & (v >= -mv) & (v <= H + mv)
             seen[start:start + codes.numel()] = s
         self.density_grid.masked_fill_(~seen, -1.0)
-        self.bitfield.copy_(packbits(self.density_grid, self.threshold()))
+        if int(self.step.item()) == 0:  # no density yet: every seen cell stays occupied until the first update
+            self.bitfield.copy_(packbits((self.density_grid >= 0).float(), 0.5))
+        else:
+            self.bitfield.copy_(packbits(self.density_grid, self.threshold()))
 
     def occupied_fraction(self) -> float:
         """Share of cells whose bit is set."""

@@ -1,0 +1,338 @@
+// Multi-resolution grid encoder: forward, and backward to the embeddings and to the input coordinates.
+//
+// One thread per (point, level); the level is the fastest index, so a warp covers 32/L points x L levels, its
+// output writes and gradient reads are contiguous, and the input gradient of a point is a shuffle reduction
+// over the L lanes that hold its levels (when L divides 32; otherwise an atomic add).
+// Level metadata (table offsets, resolutions, scales, hash flags) travels by value in the kernel parameters.
+
+#include "common.h"
+
+#include <type_traits>
+
+namespace tf {
+namespace {
+
+constexpr int kMaxLevels = 32;
+
+struct Levels {
+  int L;
+  uint32_t hashed;  // bit l set: level l uses the XOR-prime hash
+  uint32_t offset[kMaxLevels + 1];
+  uint32_t res[kMaxLevels];
+  float scale[kMaxLevels];
+};
+
+template <typename T, int C>
+struct alignas(sizeof(T) * C) Vec {
+  T v[C];
+};
+
+template <int D>
+__device__ inline uint32_t grid_index(const uint32_t cg[D], uint32_t res, uint32_t size, bool hashed) {
+  uint32_t idx = 0;
+  if (hashed) {
+    constexpr uint32_t primes[3] = {1u, 2654435761u, 805459861u};
+#pragma unroll
+    for (int d = 0; d < D; ++d) idx ^= cg[d] * primes[d];
+  } else {
+    uint32_t stride = 1;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      idx += cg[d] * stride;
+      stride *= res + 1;
+    }
+  }
+  return idx % size;
+}
+
+// Position of point b inside level l. Returns false when the point lies outside [-bound, bound]^D.
+template <typename pos_t, int D>
+__device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t bound, pos_t scale, uint32_t pg[D],
+                              pos_t frac[D]) {
+  bool inside = true;
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    const pos_t x01 = (x[b * D + d] + bound) / (pos_t(2) * bound);
+    inside &= (x01 >= pos_t(0)) && (x01 <= pos_t(1));
+    const pos_t p = x01 * scale + pos_t(0.5);
+    const pos_t f = floor(p);
+    pg[d] = static_cast<uint32_t>(f);
+    frac[d] = p - f;
+  }
+  return inside;
+}
+
+template <typename pos_t, typename emb_t, int D, int C>
+__global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __restrict__ emb, int64_t B,
+                                const Levels lv, pos_t bound, pos_t* __restrict__ out) {
+  const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const int L = lv.L;
+  const int64_t b = tid / L;
+  const int l = (int)(tid - b * L);
+  if (b >= B) return;
+  pos_t* o = out + (b * L + l) * C;
+  uint32_t pg[D];
+  pos_t frac[D];
+  if (!locate<pos_t, D>(x, b, bound, (pos_t)lv.scale[l], pg, frac)) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) o[c] = pos_t(0);
+    return;
+  }
+  const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+  const bool hashed = (lv.hashed >> l) & 1u;
+  const Vec<emb_t, C>* table = reinterpret_cast<const Vec<emb_t, C>*>(emb) + lv.offset[l];
+  pos_t acc[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) acc[c] = pos_t(0);
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    pos_t w = pos_t(1);
+    uint32_t cg[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const bool bit = (corner >> d) & 1;
+      w *= bit ? frac[d] : pos_t(1) - frac[d];
+      cg[d] = pg[d] + (bit ? 1u : 0u);
+    }
+    const Vec<emb_t, C> v = table[grid_index<D>(cg, lv.res[l], size, hashed)];
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] += w * static_cast<pos_t>(v.v[c]);
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) o[c] = acc[c];
+}
+
+template <typename acc_t, int C>
+__device__ inline void atomic_add_scalar(acc_t* dst, const acc_t (&g)[C], acc_t w) {
+#pragma unroll
+  for (int c = 0; c < C; ++c) atomicAdd(dst + c, w * g[c]);
+}
+
+template <typename acc_t, int C>
+__device__ inline void atomic_add_vec(acc_t* dst, const acc_t (&g)[C], acc_t w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // sm_90 has 8- and 16-byte float atomics: one instruction per corner instead of C
+  if constexpr (std::is_same<acc_t, float>::value && C == 2) {
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(w * g[0], w * g[1]));
+  } else if constexpr (std::is_same<acc_t, float>::value && C == 4) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(w * g[0], w * g[1], w * g[2], w * g[3]));
+  } else {
+    atomic_add_scalar<acc_t, C>(dst, g, w);
+  }
+#else
+  atomic_add_scalar<acc_t, C>(dst, g, w);
+#endif
+}
+
+template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
+__global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
+                                const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
+                                bool shfl_reduce, acc_t* __restrict__ gemb, pos_t* __restrict__ gx) {
+  const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const int L = lv.L;
+  const int64_t b = tid / L;
+  const int l = (int)(tid - b * L);
+  const bool valid = b < B;
+  pos_t gxp[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) gxp[d] = pos_t(0);
+  if (valid) {
+    uint32_t pg[D];
+    pos_t frac[D];
+    const pos_t scale = (pos_t)lv.scale[l];
+    if (locate<pos_t, D>(x, b, bound, scale, pg, frac)) {
+      const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+      const bool hashed = (lv.hashed >> l) & 1u;
+      const Vec<emb_t, C>* table = reinterpret_cast<const Vec<emb_t, C>*>(emb) + lv.offset[l];
+      acc_t* gtable = gemb + (int64_t)lv.offset[l] * C;
+      acc_t g[C];
+      const pos_t* gyp = gy + (b * L + l) * C;
+#pragma unroll
+      for (int c = 0; c < C; ++c) g[c] = static_cast<acc_t>(gyp[c]);
+#pragma unroll
+      for (int corner = 0; corner < (1 << D); ++corner) {
+        pos_t w = pos_t(1);
+        uint32_t cg[D];
+#pragma unroll
+        for (int d = 0; d < D; ++d) {
+          const bool bit = (corner >> d) & 1;
+          w *= bit ? frac[d] : pos_t(1) - frac[d];
+          cg[d] = pg[d] + (bit ? 1u : 0u);
+        }
+        const uint32_t idx = grid_index<D>(cg, lv.res[l], size, hashed);
+        atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+        if (gx != nullptr) {
+          const Vec<emb_t, C> v = table[idx];
+          pos_t dot = pos_t(0);
+#pragma unroll
+          for (int c = 0; c < C; ++c) dot += static_cast<pos_t>(g[c]) * static_cast<pos_t>(v.v[c]);
+#pragma unroll
+          for (int d = 0; d < D; ++d) {
+            pos_t dw = ((corner >> d) & 1) ? pos_t(1) : pos_t(-1);
+#pragma unroll
+            for (int e = 0; e < D; ++e) {
+              if (e != d) dw *= ((corner >> e) & 1) ? frac[e] : pos_t(1) - frac[e];
+            }
+            gxp[d] += dw * dot;
+          }
+        }
+      }
+      const pos_t dpdx = scale / (pos_t(2) * bound);
+#pragma unroll
+      for (int d = 0; d < D; ++d) gxp[d] *= dpdx;
+    }
+  }
+  if (gx == nullptr) return;
+  if (shfl_reduce) {  // L is a power of two <= 32: the L lanes of a point are aligned inside one warp
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      pos_t v = gxp[d];
+      for (int off = L / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      gxp[d] = v;
+    }
+    if (valid && l == 0) {
+#pragma unroll
+      for (int d = 0; d < D; ++d) gx[b * D + d] = gxp[d];
+    }
+  } else if (valid) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) atomicAdd(gx + b * D + d, gxp[d]);
+  }
+}
+
+Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_t>& res,
+                   const std::vector<double>& scales, const std::vector<bool>& hashed) {
+  const int L = (int)res.size();
+  TORCH_CHECK(L >= 1 && L <= kMaxLevels, "grid encoder supports 1..", kMaxLevels, " levels, got ", L);
+  TORCH_CHECK((int)offsets.size() == L + 1 && (int)scales.size() == L && (int)hashed.size() == L,
+              "offsets must have L+1 entries and resolutions/scales/hashed L");
+  TORCH_CHECK(offsets[L] < (int64_t(1) << 32), "grid encoder tables exceed 2^32 entries");
+  Levels lv;
+  lv.L = L;
+  lv.hashed = 0;
+  for (int l = 0; l <= L; ++l) lv.offset[l] = (uint32_t)offsets[l];
+  for (int l = 0; l < L; ++l) {
+    TORCH_CHECK(offsets[l + 1] > offsets[l], "level ", l, " has an empty table");
+    lv.res[l] = (uint32_t)res[l];
+    lv.scale[l] = (float)scales[l];
+    if (hashed[l]) lv.hashed |= 1u << l;
+  }
+  return lv;
+}
+
+template <typename pos_t, typename emb_t>
+void launch_fwd(const at::Tensor& x, const at::Tensor& emb, const Levels& lv, double bound, int D, int C,
+                at::Tensor& out) {
+  const int64_t B = x.size(0);
+  const int64_t threads = B * lv.L;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const pos_t* xp = x.data_ptr<pos_t>();
+  const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
+  pos_t* op = out.data_ptr<pos_t>();
+#define TF_FWD(D_, C_) \
+  grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lv, (pos_t)bound, op)
+  if (D == 2 && C == 1) TF_FWD(2, 1);
+  else if (D == 2 && C == 2) TF_FWD(2, 2);
+  else if (D == 2 && C == 4) TF_FWD(2, 4);
+  else if (D == 3 && C == 1) TF_FWD(3, 1);
+  else if (D == 3 && C == 2) TF_FWD(3, 2);
+  else if (D == 3 && C == 4) TF_FWD(3, 4);
+  else TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
+#undef TF_FWD
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename pos_t, typename emb_t, typename acc_t>
+void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb, const Levels& lv, double bound, int D,
+                int C, at::Tensor& gemb, pos_t* gx) {
+  const int64_t B = x.size(0);
+  const int64_t threads = B * lv.L;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool shfl = (32 % lv.L) == 0;
+  const pos_t* gp = gy.data_ptr<pos_t>();
+  const pos_t* xp = x.data_ptr<pos_t>();
+  const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
+  acc_t* ap = gemb.data_ptr<acc_t>();
+#define TF_BWD(D_, C_)                                                                                 \
+  grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(gp, xp, ep, B, lv, \
+                                                                                           (pos_t)bound, shfl, ap, gx)
+  if (D == 2 && C == 1) TF_BWD(2, 1);
+  else if (D == 2 && C == 2) TF_BWD(2, 2);
+  else if (D == 2 && C == 4) TF_BWD(2, 4);
+  else if (D == 3 && C == 1) TF_BWD(3, 1);
+  else if (D == 3 && C == 2) TF_BWD(3, 2);
+  else if (D == 3 && C == 4) TF_BWD(3, 4);
+  else TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
+#undef TF_BWD
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void check_encode_args(const at::Tensor& x, const at::Tensor& emb) {
+  TF_CHECK_INPUT(x);
+  TF_CHECK_INPUT(emb);
+  TORCH_CHECK(x.dim() == 2 && (x.size(1) == 2 || x.size(1) == 3), "inputs must be [B, 2] or [B, 3]");
+  TORCH_CHECK(emb.dim() == 2, "embeddings must be [E, C]");
+  TORCH_CHECK(x.device() == emb.device(), "inputs and embeddings must be on one device");
+  const auto xt = x.scalar_type(), et = emb.scalar_type();
+  TORCH_CHECK((xt == at::kFloat && (et == at::kFloat || et == at::kHalf || et == at::kBFloat16)) ||
+                  (xt == at::kDouble && et == at::kDouble),
+              "grid encoder: float32 inputs need float32/float16/bfloat16 embeddings, float64 inputs float64 "
+              "embeddings (got ", xt, " / ", et, ")");
+  const int64_t row = emb.size(1) * emb.element_size();
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(emb.data_ptr()) % row == 0, "embeddings must be aligned to one row");
+}
+
+}  // namespace
+
+at::Tensor grid_encode_forward(at::Tensor x, at::Tensor emb, std::vector<int64_t> offsets, std::vector<int64_t> res,
+                               std::vector<double> scales, std::vector<bool> hashed, double bound) {
+  check_encode_args(x, emb);
+  const Levels lv = make_levels(offsets, res, scales, hashed);
+  TORCH_CHECK(emb.size(0) >= offsets.back(), "embeddings hold ", emb.size(0), " rows, the levels need ", offsets.back());
+  const at::cuda::CUDAGuard guard(x.device());
+  const int64_t B = x.size(0);
+  const int D = (int)x.size(1), C = (int)emb.size(1);
+  auto out = at::empty({B, (int64_t)lv.L * C}, x.options());
+  if (B == 0) return out;
+  if (x.scalar_type() == at::kDouble) {
+    launch_fwd<double, double>(x, emb, lv, bound, D, C, out);
+  } else if (emb.scalar_type() == at::kFloat) {
+    launch_fwd<float, float>(x, emb, lv, bound, D, C, out);
+  } else if (emb.scalar_type() == at::kHalf) {
+    launch_fwd<float, at::Half>(x, emb, lv, bound, D, C, out);
+  } else {
+    launch_fwd<float, at::BFloat16>(x, emb, lv, bound, D, C, out);
+  }
+  return out;
+}
+
+std::vector<at::Tensor> grid_encode_backward(at::Tensor gy, at::Tensor x, at::Tensor emb, std::vector<int64_t> offsets,
+                                             std::vector<int64_t> res, std::vector<double> scales,
+                                             std::vector<bool> hashed, double bound, bool need_input_grad) {
+  check_encode_args(x, emb);
+  TF_CHECK_INPUT(gy);
+  TORCH_CHECK(gy.scalar_type() == x.scalar_type(), "grad_output must have the inputs' dtype");
+  const Levels lv = make_levels(offsets, res, scales, hashed);
+  TORCH_CHECK(gy.dim() == 2 && gy.size(0) == x.size(0) && gy.size(1) == lv.L * emb.size(1), "grad_output shape");
+  const at::cuda::CUDAGuard guard(x.device());
+  const int D = (int)x.size(1), C = (int)emb.size(1);
+  const bool is_double = x.scalar_type() == at::kDouble;
+  auto gemb = at::zeros(emb.sizes(), emb.options().dtype(is_double ? at::kDouble : at::kFloat));
+  at::Tensor gx;
+  if (need_input_grad) gx = at::zeros(x.sizes(), x.options());
+  if (x.size(0) > 0) {
+    if (is_double) {
+      launch_bwd<double, double, double>(gy, x, emb, lv, bound, D, C, gemb,
+                                         need_input_grad ? gx.data_ptr<double>() : nullptr);
+    } else {
+      float* gxp = need_input_grad ? gx.data_ptr<float>() : nullptr;
+      if (emb.scalar_type() == at::kFloat) launch_bwd<float, float, float>(gy, x, emb, lv, bound, D, C, gemb, gxp);
+      else if (emb.scalar_type() == at::kHalf) launch_bwd<float, at::Half, float>(gy, x, emb, lv, bound, D, C, gemb, gxp);
+      else launch_bwd<float, at::BFloat16, float>(gy, x, emb, lv, bound, D, C, gemb, gxp);
+    }
+  }
+  if (gemb.scalar_type() != emb.scalar_type()) gemb = gemb.to(emb.scalar_type());
+  return {gemb, gx};
+}
+
+}  // namespace tf
