@@ -30,7 +30,7 @@ class VideoWriter:
     """
 
     def __init__(self, path, fps: float, size: tuple[int, int], audio: np.ndarray | None = None,
-                 sample_rate: int = 16000, *, crf: int = 18, preset: str = "fast", audio_bitrate: int = 128000,
+                 sample_rate: int = 16000, *, crf: int = 18, preset: str = "veryfast", audio_bitrate: int = 128000,
                  faststart: bool = True):
         import av
 

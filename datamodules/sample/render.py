@@ -65,7 +65,7 @@ class Renderer:
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
         self.atlas = cv2.resize(model.texture, (dw, dh), interpolation=interp)
         tex_scale = np.array([dw / tw, dh / th])
-        self.plate = cv2.resize(model.plate, (self.size, self.size), interpolation=interp).astype(np.float32)
+        self.plate = cv2.resize(model.plate, (self.size, self.size), interpolation=interp)
 
         n_face, n_extra = len(model.rest), len(model.extra_pos)
         self.n_face, self.n_extra = n_face, n_extra
@@ -81,8 +81,8 @@ class Renderer:
         self.face_ref_shade = _lambert(model.normals_rest @ model.R_ref.T)
         self.grid_ref_shade = _lambert(model.grid_normals)
         self.grid_can = (model.grid_pos - model.c_ref) @ model.R_ref  # grid in the canonical frame (for the head)
-        jj, ii = np.meshgrid(np.arange(self.size, dtype=np.float32), np.arange(self.size, dtype=np.float32))
-        self._jj, self._ii = jj.ravel(), ii.ravel()
+        self._jj, self._ii = np.meshgrid(np.arange(self.size, dtype=np.float32),
+                                         np.arange(self.size, dtype=np.float32))
         self.fields = np.stack([model.fields[k] for k in ("close", "wide", "round", "blink")])  # [4,478,3]
 
     # ------------------------------------------------------------------ geometry
@@ -165,25 +165,28 @@ class Renderer:
         cc = A0 - ca * a[:, 0:1] - cb * a[:, 1:2]
         coefs = np.stack([ca, cb, cc], axis=-1).reshape(len(tri), 9).astype(np.float32)  # attr-major
 
-        ids = np.full((S, S), -1, np.int32)
+        # the extra last row is "no triangle": maps outside the atlas (transparent), shade 1
+        coefs = np.concatenate([coefs, np.array([[0, 0, -10, 0, 0, -10, 0, 0, 1]], np.float32)])
+        coefs_t = np.ascontiguousarray(coefs.T)  # [9, F+1]: contiguous gathers per coefficient
+        ids = np.full((S, S), len(tri), np.int32)
         fixed = np.round(xy * 16.0).astype(np.int32)
         fill = cv2.fillConvexPoly
         for f in order.tolist():
             fill(ids, fixed[tri[f]], f, lineType=cv2.LINE_8, shift=4)
 
-        flat = ids.ravel()
-        cov = np.nonzero(flat >= 0)[0]
-        co = np.take(coefs, flat[cov], axis=0)
-        jj, ii = self._jj[cov], self._ii[cov]
-        mapx = np.full(S * S, -10.0, np.float32)
-        mapy = np.full(S * S, -10.0, np.float32)
-        shade_px = np.ones(S * S, np.float32)
-        mapx[cov] = co[:, 0] * jj + co[:, 1] * ii + co[:, 2]
-        mapy[cov] = co[:, 3] * jj + co[:, 4] * ii + co[:, 5]
-        shade_px[cov] = co[:, 6] * jj + co[:, 7] * ii + co[:, 8]
-        tex = cv2.remap(self.atlas, mapx.reshape(S, S), mapy.reshape(S, S), cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-        alpha = tex[..., 3:4].astype(np.float32) * (1.0 / 255.0)
-        col = tex[..., :3].astype(np.float32) * shade_px.reshape(S, S, 1)
-        out = self.plate + alpha * (col - self.plate)
-        return np.clip(out, 0, 255).astype(np.uint8)
+        maps = []
+        for k in range(3):  # texture x, texture y, shade: a * j + b * i + c
+            out = np.take(coefs_t[3 * k], ids)
+            out *= self._jj
+            tmp = np.take(coefs_t[3 * k + 1], ids)
+            tmp *= self._ii
+            out += tmp
+            out += np.take(coefs_t[3 * k + 2], ids)
+            maps.append(out)
+        tex = cv2.remap(self.atlas, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=(0, 0, 0, 0))
+        rgb = cv2.multiply(tex[..., :3], cv2.merge([maps[2]] * 3), dtype=cv2.CV_8U)  # Lambertian shade ratio
+        alpha = tex[..., 3].astype(np.float32)
+        alpha *= 1.0 / 255.0
+        # blendLinear normalises by the weight sum, which is 1 here: alpha * rgb + (1 - alpha) * plate
+        return cv2.blendLinear(rgb, self.plate, alpha, 1.0 - alpha)
