@@ -81,6 +81,7 @@ def main() -> None:
         card = f"CPU {cores} cores"
         cmd = "python bench/bm_sample.py --record"
         record([(f"sample generation, {tag} (wall)", round(wall, 1), "s"),
+                (f"sample generation, {tag} (CPU time, all threads)", round(cpu, 1), "s"),
                 (f"sample render per frame, {args.size}px", round(render_ms, 1), "ms"),
                 (f"sample H.264 encode per frame, {args.size}px", round(encode_ms, 1), "ms")], card, cmd)
         print(f"recorded in {RESULTS}")
