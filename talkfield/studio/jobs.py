@@ -204,4 +204,5 @@ class JobQueue:
 
 def _expected(e: BaseException) -> bool:
     """Errors that are the user's or the setup's (shown as is), not bugs (logged with a traceback)."""
-    return type(e).__name__ in ("RequestError", "TTSError", "CheckpointError", "DatasetError", "AudioError")
+    return type(e).__name__ in ("RequestError", "TTSError", "CheckpointError", "DatasetError", "AudioError",
+                                  "InferenceError", "PoseError")
