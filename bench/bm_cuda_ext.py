@@ -204,6 +204,13 @@ def bench_b():
     xg = x.clone().requires_grad_(True)
     record("b_ours_fwd_bwd_with_input_grad", timeit(fwd_bwd(xg)),
            figure="grid encoder fwd+bwd incl. d/dx, same config (ours, CUDA)")
+    os.environ["TALKFIELD_GRID_SCALAR_ATOMICS"] = "1"
+    record("b_ours_fwd_bwd_scalar_atomics", timeit(fwd_bwd(x)))
+    del os.environ["TALKFIELD_GRID_SCALAR_ATOMICS"]
+    # the same points in Morton order (spatially coherent, like samples marched along rays)
+    q = ((x + 1) / 2 * 1023).long().clamp(0, 1023)
+    xs = x[torch.argsort(cuda_ext.morton3d(q))].contiguous()
+    record("b_ours_fwd_bwd_morton_sorted_points", timeit(fwd_bwd(xs)))
     for dt_name, dt_ in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         enc_h = cuda_ext.GridEncoder(3, num_levels=16, level_dim=2, base_resolution=16, desired_resolution=2048,
                                      log2_hashmap_size=19, gridtype="hash", storage_dtype=dt_).to(DEV)
@@ -313,8 +320,33 @@ def bench_c():
     record("c_step_bf16_fwd_bwd", timeit(make_step(True, False), iters=30),
            figure="head-field training step fwd+bwd, 65,536 rays, bf16 autocast (ours, CUDA)")
     record("c_step_bf16_fwd_bwd_adam", timeit(make_step(True, True), iters=30))
+    profile_step(make_step(True, False), "c_profile_bf16")
     record("d_twin_head_step_fp32", timeit(make_step(False, False, "torch"), warmup=2, iters=5),
            figure="head-field training step fwd+bwd, fp32, PyTorch twins on GPU (not gated)")
+
+
+def profile_step(step, key: str, steps: int = 5):
+    """Kernel-time breakdown of a step: top CUDA kernels, summed kernel time per step vs the step's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps * 1e3
+    evs = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    rows = sorted(evs, key=lambda e: -getattr(e, "self_device_time_total", 0))
+    kernel_ms = sum(getattr(e, "self_device_time_total", 0) for e in rows) / 1e3 / steps
+    record(f"{key}_kernel_ms_per_step", kernel_ms)
+    record(f"{key}_wall_ms_per_step_profiled", wall)
+    top = [(e.key[:90], round(getattr(e, "self_device_time_total", 0) / 1e3 / steps, 4), e.count // steps)
+           for e in rows[:25]]
+    record(f"{key}_top_kernels_ms_per_step", top)
+    record(f"{key}_launches_per_step", sum(e.count for e in rows) // steps)
 
 
 def _bench_field(aabb_list):

@@ -12,6 +12,7 @@ discrete and a one-ulp difference at a cell boundary would otherwise change whic
 from __future__ import annotations
 
 import math
+import struct
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -348,14 +349,14 @@ def _grid_encode(
     c = embeddings.shape[1]
     dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
     x = inputs.to(dtype)
-    x01 = (x + bound) / (2.0 * bound)
+    x01 = (x + bound) * (0.5 / bound)  # multiply by the reciprocal, as the kernel does
     inside = ((x01 >= 0) & (x01 <= 1)).all(dim=1)
     emb = embeddings.to(dtype)
     feats = []
     for lvl in range(len(resolutions)):
         size = int(offsets[lvl + 1] - offsets[lvl])
         res = int(resolutions[lvl])
-        s32 = torch.tensor(scales[lvl], dtype=torch.float32).item()  # the kernel reads float32 scales
+        s32 = struct.unpack("f", struct.pack("f", scales[lvl]))[0]  # the kernel reads float32 scales
         pos = x01 * s32 + 0.5
         pg = torch.floor(pos)
         frac = pos - pg

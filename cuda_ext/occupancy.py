@@ -141,18 +141,32 @@ class OccupancyGrid(nn.Module):
     # ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def record_samples(self, num_samples: int) -> None:
-        """Record the sample count M of one training batch into the 16-slot running window."""
-        self.sample_counts[int(self.sample_step.item()) % 16] = int(num_samples)
-        self.sample_step += 1
+        """Record the sample count M of one training batch into the 16-slot running window (no host sync: a
+        host-side copy of the window is kept next to the buffers)."""
+        counts, step = self._host_window()
+        counts[step % 16] = int(num_samples)
+        self._host = (counts, step + 1)
+        self.sample_counts[step % 16] = int(num_samples)
+        self.sample_step.fill_(step + 1)
 
     def buffer_size(self, align: int = 128) -> Optional[int]:
         """Capacity hint for :func:`march_rays_train`: the running mean of recorded sample counts rounded up
         to ``align``, or None before anything was recorded."""
-        filled = min(int(self.sample_step.item()), 16)
+        counts, step = self._host_window()
+        filled = min(step, 16)
         if filled == 0:
             return None
-        mean = float(self.sample_counts[:filled].float().mean().item())
+        mean = sum(counts[:filled]) / filled
         return int(math.ceil(mean / align) * align)
+
+    def _host_window(self):
+        if getattr(self, "_host", None) is None:  # first use, or after load_state_dict: read the buffers once
+            self._host = ([int(v) for v in self.sample_counts.tolist()], int(self.sample_step.item()))
+        return list(self._host[0]), self._host[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, aabb={self.aabb.tolist()}, decay={self.decay}, density_thresh={self.density_thresh}"

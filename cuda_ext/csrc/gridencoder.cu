@@ -7,6 +7,8 @@
 
 #include "common.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 namespace tf {
@@ -26,6 +28,32 @@ template <typename T, int C>
 struct alignas(sizeof(T) * C) Vec {
   T v[C];
 };
+
+// Separate round-to-nearest multiply and add (no fused multiply-add), as the PyTorch twin computes them, so both
+// put a point in the same cell and the piecewise gradient d/dx agrees even next to a cell face.
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ inline float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ inline double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// Read-only (non-coherent cache) load of one table row.
+template <typename T, int C>
+__device__ inline Vec<T, C> load_row(const Vec<T, C>* p) {
+  Vec<T, C> out;
+  if constexpr (sizeof(Vec<T, C>) == 4) {
+    const unsigned int v = __ldg(reinterpret_cast<const unsigned int*>(p));
+    memcpy(&out, &v, 4);
+  } else if constexpr (sizeof(Vec<T, C>) == 8) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    memcpy(&out, &v, 8);
+  } else if constexpr (sizeof(Vec<T, C>) == 16) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    memcpy(&out, &v, 16);
+  } else {
+    out = *p;
+  }
+  return out;
+}
 
 template <int D>
 __device__ inline uint32_t grid_index(const uint32_t cg[D], uint32_t res, uint32_t size, bool hashed) {
@@ -47,14 +75,14 @@ __device__ inline uint32_t grid_index(const uint32_t cg[D], uint32_t res, uint32
 
 // Position of point b inside level l. Returns false when the point lies outside [-bound, bound]^D.
 template <typename pos_t, int D>
-__device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t bound, pos_t scale, uint32_t pg[D],
-                              pos_t frac[D]) {
+__device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t bound, pos_t inv2b, pos_t scale,
+                              uint32_t pg[D], pos_t frac[D]) {
   bool inside = true;
 #pragma unroll
   for (int d = 0; d < D; ++d) {
-    const pos_t x01 = (x[b * D + d] + bound) / (pos_t(2) * bound);
+    const pos_t x01 = mul_rn(add_rn(x[b * D + d], bound), inv2b);  // (x + bound) * (0.5 / bound)
     inside &= (x01 >= pos_t(0)) && (x01 <= pos_t(1));
-    const pos_t p = x01 * scale + pos_t(0.5);
+    const pos_t p = add_rn(mul_rn(x01, scale), pos_t(0.5));
     const pos_t f = floor(p);
     pg[d] = static_cast<uint32_t>(f);
     frac[d] = p - f;
@@ -64,7 +92,7 @@ __device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t boun
 
 template <typename pos_t, typename emb_t, int D, int C>
 __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __restrict__ emb, int64_t B,
-                                const Levels lv, pos_t bound, pos_t* __restrict__ out) {
+                                const Levels lv, pos_t bound, pos_t inv2b, pos_t* __restrict__ out) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   const int L = lv.L;
   const int64_t b = tid / L;
@@ -73,7 +101,7 @@ __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __rest
   pos_t* o = out + (b * L + l) * C;
   uint32_t pg[D];
   pos_t frac[D];
-  if (!locate<pos_t, D>(x, b, bound, (pos_t)lv.scale[l], pg, frac)) {
+  if (!locate<pos_t, D>(x, b, bound, inv2b, (pos_t)lv.scale[l], pg, frac)) {
 #pragma unroll
     for (int c = 0; c < C; ++c) o[c] = pos_t(0);
     return;
@@ -94,7 +122,7 @@ __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __rest
       w *= bit ? frac[d] : pos_t(1) - frac[d];
       cg[d] = pg[d] + (bit ? 1u : 0u);
     }
-    const Vec<emb_t, C> v = table[grid_index<D>(cg, lv.res[l], size, hashed)];
+    const Vec<emb_t, C> v = load_row<emb_t, C>(table + grid_index<D>(cg, lv.res[l], size, hashed));
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[c] += w * static_cast<pos_t>(v.v[c]);
   }
@@ -127,7 +155,8 @@ __device__ inline void atomic_add_vec(acc_t* dst, const acc_t (&g)[C], acc_t w) 
 template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
 __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
                                 const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
-                                bool shfl_reduce, acc_t* __restrict__ gemb, pos_t* __restrict__ gx) {
+                                pos_t inv2b, bool shfl_reduce, bool vec_atomics, acc_t* __restrict__ gemb,
+                                pos_t* __restrict__ gx) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   const int L = lv.L;
   const int64_t b = tid / L;
@@ -140,7 +169,7 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
     uint32_t pg[D];
     pos_t frac[D];
     const pos_t scale = (pos_t)lv.scale[l];
-    if (locate<pos_t, D>(x, b, bound, scale, pg, frac)) {
+    if (locate<pos_t, D>(x, b, bound, inv2b, scale, pg, frac)) {
       const uint32_t size = lv.offset[l + 1] - lv.offset[l];
       const bool hashed = (lv.hashed >> l) & 1u;
       const Vec<emb_t, C>* table = reinterpret_cast<const Vec<emb_t, C>*>(emb) + lv.offset[l];
@@ -160,9 +189,13 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
           cg[d] = pg[d] + (bit ? 1u : 0u);
         }
         const uint32_t idx = grid_index<D>(cg, lv.res[l], size, hashed);
-        atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+        if (vec_atomics) {
+          atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+        } else {
+          atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+        }
         if (gx != nullptr) {
-          const Vec<emb_t, C> v = table[idx];
+          const Vec<emb_t, C> v = load_row<emb_t, C>(table + idx);
           pos_t dot = pos_t(0);
 #pragma unroll
           for (int c = 0; c < C; ++c) dot += static_cast<pos_t>(g[c]) * static_cast<pos_t>(v.v[c]);
@@ -177,7 +210,7 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
           }
         }
       }
-      const pos_t dpdx = scale / (pos_t(2) * bound);
+      const pos_t dpdx = scale * inv2b;
 #pragma unroll
       for (int d = 0; d < D; ++d) gxp[d] *= dpdx;
     }
@@ -230,7 +263,8 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& emb, const Levels& lv, do
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   pos_t* op = out.data_ptr<pos_t>();
 #define TF_FWD(D_, C_) \
-  grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lv, (pos_t)bound, op)
+  grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lv, (pos_t)bound, \
+                                                                                   (pos_t)(0.5 / bound), op)
   if (D == 2 && C == 1) TF_FWD(2, 1);
   else if (D == 2 && C == 2) TF_FWD(2, 2);
   else if (D == 2 && C == 4) TF_FWD(2, 4);
@@ -249,13 +283,16 @@ void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb
   const int64_t threads = B * lv.L;
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool shfl = (32 % lv.L) == 0;
+  // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
+  const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
+  const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   acc_t* ap = gemb.data_ptr<acc_t>();
 #define TF_BWD(D_, C_)                                                                                 \
-  grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(gp, xp, ep, B, lv, \
-                                                                                           (pos_t)bound, shfl, ap, gx)
+  grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>( \
+      gp, xp, ep, B, lv, (pos_t)bound, (pos_t)(0.5 / bound), shfl, vec, ap, gx)
   if (D == 2 && C == 1) TF_BWD(2, 1);
   else if (D == 2 && C == 2) TF_BWD(2, 2);
   else if (D == 2 && C == 4) TF_BWD(2, 4);
