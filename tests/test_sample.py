@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from talkfield.camera import project, rotation_angle_deg, rotation_matrix
-from talkfield.landmarks import OUTER_EYE_CORNERS, RIGID, eye_ratio, lip_width
+from talkfield.landmarks import OUTER_EYE_CORNERS, RIGID, eye_ratio, lip_width, mouth_opening
 
 DURATION, SIZE, FPS, SR, SEED = 6.0, 256, 25, 16000, 3
 
@@ -269,6 +269,11 @@ def test_detector_finds_the_face_and_agrees_with_ground_truth(sample, frames):
     assert len(found) >= 0.99 * len(frames)
     err = np.stack([np.linalg.norm(det[i] - a["landmarks_2d"][i], axis=1) for i in found])
     assert np.median(err) < 3.0
+    # blinks and mouth motion are visible to the detector as the ground truth says
+    d = np.stack([det[i] for i in found])
+    g = a["landmarks_2d"][found]
+    assert np.corrcoef(eye_ratio(d), eye_ratio(g))[0, 1] > 0.8
+    assert np.corrcoef(mouth_opening(d), mouth_opening(g))[0, 1] > 0.8
 
 
 @pytest.mark.slow
