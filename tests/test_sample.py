@@ -106,7 +106,7 @@ def test_layout_shapes_and_video(sample, frames):
     assert not list(d.glob(".sample-tmp-*")) and not list(d.glob(".*.tmp*"))
     shapes = {"c2w": (T, 4, 4), "K": (3, 3), "landmarks_2d": (T, 478, 2), "landmarks_3d": (T, 478, 3),
               "mouth_opening": (T,), "lip_width": (T,), "blink": (T,), "viseme": (T,), "head_pose_deg": (T, 3),
-              "articulators": (T, 4), "audio": (T * SR // FPS,)}
+              "articulators": (T, 4), "audio": (T * SR // FPS,), "f0": (2 * T,), "voiced": (2 * T,)}
     for k, s in shapes.items():
         assert a[k].shape == s, k
         assert list(a[k].shape) == man["arrays"][k]["shape"]
@@ -214,6 +214,22 @@ def test_mouth_follows_visemes_not_loudness(sample):
     assert (names == "PP").any() and (names == "aa").any()
     assert np.median(mo[names == "PP"]) < 0.35 * np.median(mo[names == "aa"])
     assert mo[names == "PP"].min() < 0.03
+
+
+def test_pitch_contour_is_in_the_audio(sample):
+    """An independent F0 estimator (WORLD's DIO + StoneMask) recovers the ground-truth pitch on voiced frames."""
+    import pyworld
+
+    _, _, man, a = sample
+    x = a["audio"].astype(np.float64)
+    f0, t = pyworld.dio(x, SR, f0_floor=80, f0_ceil=400, frame_period=20.0)
+    f0 = pyworld.stonemask(x, f0, t, SR)
+    n = min(len(f0), len(a["f0"]))
+    sel = a["voiced"][:n] & (f0[:n] > 0)
+    assert sel.sum() > 0.3 * a["voiced"].sum() and a["voiced"].mean() > 0.3
+    rel = np.abs(f0[:n][sel] / a["f0"][:n][sel] - 1)
+    assert np.median(rel) < 0.05
+    assert 150 < np.median(a["f0"][a["voiced"]]) < 260 and a["f0"][a["voiced"]].std() > 8  # a moving contour
 
 
 def test_lip_width_uncorrelated_with_energy_over_a_minute():

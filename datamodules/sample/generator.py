@@ -32,7 +32,7 @@ from .visemes import ARTICULATORS, VISEMES, frame_articulation, viseme_of
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when the output changes for the same settings (a complete older sample is then regenerated)."""
 VISUAL_LEAD_S = 0.06
 """The face shows the articulation of the audio this many seconds later (within the natural 40-80 ms)."""
@@ -128,8 +128,11 @@ def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: flo
     rng_speech, rng_voice, rng_head, rng_blink = (np.random.default_rng(s) for s in ss.spawn(4))
 
     phones = phone_timeline(rng_speech, dur)
-    audio = synthesize(phones, n_audio / sample_rate, sample_rate, rng_voice)[:n_audio]
-    audio = np.pad(audio, (0, n_audio - len(audio)))
+    audio, tracks = synthesize(phones, n_audio / sample_rate, sample_rate, rng_voice, return_tracks=True)
+    audio = np.pad(audio[:n_audio], (0, max(0, n_audio - len(audio))))
+    t50 = np.arange(2 * T) * 0.02  # the contract's 50 Hz feature grid: row i centred at 20 ms * i
+    f0 = np.interp(t50, tracks["t"], tracks["f0"])
+    voiced = np.interp(t50, tracks["t"], tracks["voicing"]) > 0.2
     art, vis = frame_articulation(phones, T, fps, VISUAL_LEAD_S)
     head_ang, head_tr = head_motion(rng_head, T, fps)
     torso_ang, torso_tr = torso_motion(head_ang, head_tr, fps)
@@ -177,6 +180,9 @@ def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: flo
                       "talkfield.landmarks.lip_width of landmarks_3d [T]"),
         "blink": (blink.astype(np.float32), "1", "eyelid closure, 0 open .. 1 closed [T]"),
         "audio": (audio.astype(np.float32), "1", "the exact synthesised waveform muxed into the video [N]"),
+        "f0": (f0.astype(np.float32), "Hz", "the pitch contour at 50 Hz (row i at 0.02 * i s; frame t owns rows "
+               "2t, 2t+1), defined everywhere; meaningful where `voiced` [2T]"),
+        "voiced": (voiced, "bool", "voicing (vowels, nasals, approximants, voiced consonants) at 50 Hz [2T]"),
     }
     gt = tmp / GT_DIR
     meta = {}

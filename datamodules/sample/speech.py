@@ -154,8 +154,12 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.convolve(pad[:, i], k, mode="same") for i in range(x.shape[1])], 1)[n:-n]
 
 
-def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Render the timeline to mono float32 audio [round(duration * sample_rate)] in [-1, 1]."""
+def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.random.Generator,
+               return_tracks: bool = False):
+    """Render the timeline to mono float32 audio [round(duration * sample_rate)] in [-1, 1].
+
+    With `return_tracks`, also returns {"t": control times [C] s, "f0": Hz [C], "voicing": amplitude [C]}.
+    """
     sr = int(sample_rate)
     n = int(round(duration * sr))
     hop = max(1, sr // 1000)  # ~1 ms control rate
@@ -247,4 +251,6 @@ def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.r
         sos = butter(4, [lo, hi], btype="band", fs=sr, output="sos")
         y = y + sosfilt(sos, white) * np.interp(t, tc, a) * 2.0
     y = y / max(np.abs(y).max(), 1e-9) * 0.9
+    if return_tracks:
+        return y.astype(np.float32), {"t": tc, "f0": f0, "voicing": av}
     return y.astype(np.float32)
