@@ -132,6 +132,23 @@ def test_layout_shapes_and_video(sample, frames):
     assert {"p", "b", "m"} & {p["phone"] for p in phones}
 
 
+def test_audio_track_is_aligned_with_frame_zero(sample):
+    """Decoded as preprocessing decodes it, the AAC track matches the ground-truth waveform at lag 0 +- 1 frame."""
+    from scipy.signal import correlate
+
+    from talkfield.audio import decode_audio
+
+    _, video, _, a = sample
+    wav, start = decode_audio(video, SR)
+    assert abs(start) < 1.0 / FPS
+    ref = a["audio"].astype(np.float64)
+    n = min(len(wav), len(ref))
+    xc = correlate(wav[:n].astype(np.float64), ref[:n], mode="full", method="fft")
+    lag = int(np.argmax(xc)) - (n - 1)
+    assert abs(lag) <= SR // FPS
+    assert xc.max() / np.sqrt((wav[:n] ** 2).sum() * (ref[:n] ** 2).sum()) > 0.9  # the same sound
+
+
 def test_video_shows_the_rendered_face(sample, frames):
     """The decoded frames are the rendered frames (lossy coding aside): re-render two frames and compare."""
     from datamodules.sample.face_model import build_face_model
