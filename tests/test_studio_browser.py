@@ -289,3 +289,14 @@ def test_studio_page_flows(fake_app, browser, tmp_path):
     assert "Cancelled" in wait_status(page, "Cancelled", timeout=60)
     assert studio.queue.running is None
     assert not page.errors, page.errors
+
+    # a tab closed while its video renders cancels that render
+    other = page.context.new_page()
+    other.goto(url)
+    other.wait_for_function("() => document.querySelector('#subject input')?.value === 'ann'")
+    generate_text(other, "Nobody will watch this.")
+    wait_status(other, "Rendering:")
+    job = studio.queue.running
+    assert job is not None
+    other.close()
+    assert job.wait(60) and job.state == "cancelled", job
