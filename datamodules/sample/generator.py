@@ -32,7 +32,7 @@ from .visemes import ARTICULATORS, VISEMES, frame_articulation, viseme_of
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump when the output changes for the same settings (a complete older sample is then regenerated)."""
 VISUAL_LEAD_S = 0.06
 """The face shows the articulation of the audio this many seconds later (within the natural 40-80 ms)."""

@@ -178,7 +178,7 @@ def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.r
         elif cls in ("nasal", "approximant"):
             av[i0:i1] = amp
         elif cls == "fricative":
-            noise_amp[p.label][i0:i1] = {"s": 0.22, "S": 0.22, "f": 0.08, "v": 0.07}[p.label]
+            noise_amp[p.label][i0:i1] = {"s": 0.22, "S": 0.2, "f": 0.035, "v": 0.03}[p.label]
             if voiced:
                 av[i0:i1] = amp
         elif cls == "stop":
@@ -251,6 +251,9 @@ def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.r
         sos = butter(4, [lo, hi], btype="band", fs=sr, output="sos")
         y = y + sosfilt(sos, white) * np.interp(t, tc, a) * 2.0
     y = y / max(np.abs(y).max(), 1e-9) * 0.9
+    # a quiet room-noise floor (about -55 dBFS), so pauses are not digital silence
+    floor = lfilter([1.0], [1, -0.95], rng.standard_normal(n))
+    y = y + floor / (floor.std() + 1e-9) * 0.0018
     if return_tracks:
         return y.astype(np.float32), {"t": tc, "f0": f0, "voicing": av}
     return y.astype(np.float32)
