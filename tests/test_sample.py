@@ -113,6 +113,11 @@ def test_layout_shapes_and_video(sample, frames):
     for k in ("landmarks_2d", "landmarks_3d", "c2w", "audio", "lip_width"):
         assert np.isfinite(a[k]).all(), k
     assert len(frames) == T and frames[0].shape == (SIZE, SIZE, 3)
+    # the background is static: the top corners (studio backdrop) do not change beyond coding noise
+    stack = np.stack(frames).astype(np.float32)
+    corners = np.concatenate([stack[:, :SIZE // 12, :SIZE // 12], stack[:, :SIZE // 12, -SIZE // 12:]], axis=2)
+    assert corners.std(0).mean() < 1.5
+    assert stack[:, SIZE // 3:2 * SIZE // 3, SIZE // 3:2 * SIZE // 3].std(0).mean() > 5  # while the face moves
     import av
 
     with av.open(str(video)) as c:
