@@ -468,17 +468,13 @@ def paste_back(frame: np.ndarray, crop_img: np.ndarray, crop: dict[str, Any], ma
 
 
 def source_video_path(ds: SubjectDataset) -> Path | None:
-    """The source video preprocessing recorded for a subject (manifest 'extra'), or None."""
-    ex = ds.manifest.extra or {}
-    for key in ("video", "source", "source_video", "input"):
-        v = ex.get(key)
-        if isinstance(v, dict):
-            v = v.get("path") or v.get("source")
-        if isinstance(v, str) and v:
-            p = Path(v)
-            return p if p.is_absolute() else (ds.root / p)
-    v = (ds.manifest.crop or {}).get("source")
-    return Path(v) if isinstance(v, str) and v else None
+    """The source video preprocessing recorded for a subject (manifest extra.source.video), or None."""
+    src = (ds.manifest.extra or {}).get("source") or {}
+    v = src.get("video") if isinstance(src, dict) else src
+    if not isinstance(v, str) or not v:
+        return None
+    p = Path(v)
+    return p if p.is_absolute() else ds.root / p
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -495,14 +491,16 @@ class FrameRenderer:
     super-resolution (the head's), to uint8 [B, 2r, 2r, 3] on the device.
 
     head: a HeadNeRFModule (lightning_modules.head_nerf): render_head(c2w, K, motion [W,204], eye [W], frame, bg,
-    size) and sr. torso: a torso module with render_frame(...) (see docs/inference.md), or None: head-only over the
-    real torso of the driving frame (the background the head stage trained with).
+    size) and sr. torso: a TorsoNeRFModule (lightning_modules.torso_nerf): render_frame(c2w, K, motion, eye, frame,
+    plate, size) (head over torso over the plate, before SR) and sr; or None: head-only over the real torso of
+    the driving frame (the background the head stage trained with).
     """
 
     def __init__(self, head, torso, ds: SubjectDataset, device: torch.device):
         from talkfield.camera import scale_intrinsics
 
         self.head, self.torso, self.ds, self.device = head, torso, ds, device
+        self.sr = torso.sr if torso is not None else head.sr  # the torso stage may fine-tune its own copy
         self.size = int(head.render_size)
         self.out_size = 2 * self.size
         self.window = int(head.field.condition.window)
@@ -554,7 +552,7 @@ class FrameRenderer:
                 images.append(img.float().clamp(0, 1))
             with timer("sr"):
                 x = torch.stack(images).permute(0, 3, 1, 2)
-                sr = self.head.sr(x).float()
+                sr = self.sr(x).float()
         with timer("to_uint8"):
             return (sr.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
@@ -619,13 +617,26 @@ class TalkingHeadPipeline:
         fp = ds.fingerprint
         used: dict[str, str | None] = {}
 
+        # the torso checkpoint carries its own frozen head; without one the head run renders head-only
+        torso_ck = None
+        head_only = torso is False or str(torso).lower() in ("none", "false", "off")
+        if head_only:
+            log.info("torso: off (head-only over the real torso of the driving frames)")
+        elif torso is None and latest_run(runs_dir, subject, "torso") is None:
+            log.warning("no torso run for subject %r under %s: rendering head-only over the real torso of the "
+                        "driving frames (train one: python train.py experiment=torso_nerf subject.name=%s)",
+                        subject, runs_dir / subject / "torso", subject)
+        else:
+            torso_ck = _resolve(torso, runs_dir, subject, "torso")
+
         # missing checkpoints are reported together, in training order
         missing = []
         head_ck = a2m_ck = None
-        try:
-            head_ck = _resolve(head, runs_dir, subject, "head")
-        except CheckpointError as e:
-            missing.append(str(e))
+        if torso_ck is None:
+            try:
+                head_ck = _resolve(head, runs_dir, subject, "head")
+            except CheckpointError as e:
+                missing.append(str(e))
         try:
             a2m_ck = _resolve_a2m(a2m, runs_dir, subject)
         except CheckpointError as e:
@@ -633,26 +644,19 @@ class TalkingHeadPipeline:
         if missing:
             raise CheckpointError("cannot render subject %r:\n  - %s" % (subject, "\n  - ".join(missing)))
 
-        head_m = load_head(head_ck, subject=subject, fingerprint=fp, map_location=dev)
-        used["head"] = str(head_ck)
-        log.info("head: %s%s", head_ck, "" if head is not None else " (latest run)")
-
         torso_m = None
-        if torso is False or str(torso).lower() in ("none", "false", "off"):
-            used["torso"] = None
-            log.info("torso: off (head-only over the real torso of the driving frames)")
+        if torso_ck is not None:
+            torso_m = _load_torso(torso_ck, subject, fp, dev)
+            head_m = torso_m.head
+            used["torso"] = str(torso_ck)
+            used["head"] = f"frozen head inside {torso_ck}"
+            log.info("torso: %s%s (with its frozen head)", torso_ck, "" if torso is not None else " (latest run)")
+            if head is not None:
+                log.warning("head=%s ignored: the torso checkpoint renders with the head it was trained on", head)
         else:
-            torso_ck = None
-            if torso is None and latest_run(runs_dir, subject, "torso") is None:
-                log.warning("no torso run for subject %r under %s: rendering head-only over the real torso of the "
-                            "driving frames (train one: python train.py experiment=torso_nerf subject.name=%s)",
-                            subject, runs_dir / subject / "torso", subject)
-            else:
-                torso_ck = _resolve(torso, runs_dir, subject, "torso")
-            if torso_ck is not None:
-                torso_m = _load_torso(torso_ck, subject, fp, dev)
-                log.info("torso: %s%s", torso_ck, "" if torso is not None else " (latest run)")
-            used["torso"] = None if torso_ck is None else str(torso_ck)
+            head_m = load_head(head_ck, subject=subject, fingerprint=fp, map_location=dev)
+            used["head"], used["torso"] = str(head_ck), None
+            log.info("head: %s%s (head-only)", head_ck, "" if head is not None else " (latest run)")
 
         a2m_m = load_audio2motion(a2m_ck, subject, fp, allow_generic=True, map_location=dev)
         used["audio2motion"] = str(a2m_ck)
