@@ -307,7 +307,8 @@ def _mouth_patches(width: int, teeth_rgb: np.ndarray) -> tuple[np.ndarray, dict]
         gumc = np.array([150, 70, 75], np.float32)[None, None]
         img[row * ph:(row + 1) * ph, :, :3] = base * (1 - gum[..., None]) + gumc * gum[..., None]
     img[..., 3] = 255
-    rects = {"cavity": (0, 0, width, ph), "upper_teeth": (0, ph, width, 2 * ph), "lower_teeth": (0, 2 * ph, width, 3 * ph)}
+    rects = {"cavity": (0, 0, width, ph), "upper_teeth": (0, ph, width, 2 * ph),
+             "lower_teeth": (0, 2 * ph, width, 3 * ph)}
     return np.clip(img, 0, 255).round().astype(np.uint8), rects
 
 

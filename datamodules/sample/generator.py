@@ -165,7 +165,8 @@ def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: flo
         "torso_pose_deg": (torso_ang.astype(np.float32), "degrees",
                            "torso yaw, pitch, roll in the camera frame (follows the head a little, 0.25 s late) [T,3]"),
         "torso_translation": (torso_tr.astype(np.float32), "head units", "torso offset in the camera frame [T,3]"),
-        "landmarks_2d": (lm2d, "px", "projected 478 face-mesh points (MediaPipe order), pixel centres at +0.5 [T,478,2]"),
+        "landmarks_2d": (lm2d, "px",
+                         "projected 478 face-mesh points (MediaPipe order), pixel centres at +0.5 [T,478,2]"),
         "landmarks_3d": (lm3d, "head units", "478 face-mesh points in the head's canonical frame (outer eye "
                          "corners 1.0 apart at rest, origin at the centroid of talkfield.landmarks.RIGID) [T,478,3]"),
         "rest_landmarks_3d": (model.rest.astype(np.float32), "head units",
