@@ -18,7 +18,7 @@ import torch
 
 from talkfield.dataset import FORMAT_VERSION, atomic_write_text
 
-STAGES = ("head", "torso", "audio2motion", "fit_image")
+STAGES = ("head", "torso", "audio2motion", "fit_image", "lipsync")
 META_KEY = "talkfield"
 
 

@@ -13,6 +13,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 pytest_plugins = [
     "tests.fixtures.subject",
     "tests.fixtures.stages",
+    "tests.fixtures.a2m",
 ]
 
 

@@ -1,0 +1,93 @@
+"""The audio2motion stage through the training driver: checkpoints, loading, refusals, corpus, fine-tune."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures.a2m import A2M_TINY, subject_overrides
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_run_loads_and_predicts(tiny_a2m_ckpt, tiny_subject):
+    from lightning_modules.audio2motion import load_audio2motion
+    from networks.audio2motion import postprocess, predict_motion
+    from talkfield.dataset import open_subject
+    from talkfield.runs import CheckpointError
+
+    ds = open_subject(*tiny_subject)
+    model = load_audio2motion(tiny_a2m_ckpt, "tiny", ds.fingerprint)
+    assert model.features == "mel" and not model.generic
+    assert model.meta["trained_on"][0]["subject"] == "tiny" and model.meta["audio_features"] == "mel"
+    np.testing.assert_allclose(model.person.stats, np.asarray(ds.array("motion_stats")))
+    T = 37  # not a multiple of the stride
+    off = predict_motion(model, np.asarray(ds.array("mel"))[: 2 * T], np.asarray(ds.array("f0"))[: 2 * T],
+                         temperature=0.5, mouth_amp=1.2)
+    assert off.shape == (T, 68, 3) and np.isfinite(off).all()
+    out = postprocess(off, model.person, lle_blend=0.2, blink="period")
+    assert out.shape == (T, 68, 3)
+    with pytest.raises(CheckpointError, match="belongs to subject 'tiny'"):
+        load_audio2motion(tiny_a2m_ckpt, "alice", None)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_audio2motion(tiny_a2m_ckpt, "tiny", "0000000000000000")
+
+
+def test_training_logs_every_term_and_its_weight(tiny_a2m_ckpt):
+    import csv
+
+    rows = list(csv.DictReader(open(tiny_a2m_ckpt.parents[1] / "csv" / "metrics.csv")))
+    keys = set(rows[0])
+    for term in ("motion", "prior", "lms", "vel", "smooth", "kl"):
+        assert f"train/loss_{term}" in keys and f"train/lambda_{term}" in keys
+    assert {"val/lmd", "val/mouth_r", "val/lip_width_r"} <= keys
+
+
+def test_corpus_model_is_generic_and_a_person_finetunes_from_it(tiny_subject, tmp_path):
+    from lightning_modules.audio2motion import load_audio2motion
+    from networks.audio2motion import predict_motion
+    from talkfield.dataset import open_subject
+    from talkfield.runs import CheckpointError
+    from tests.helpers import run_stage
+
+    data_dir, name = tiny_subject
+    _, run = run_stage([*A2M_TINY, "data=audio2motion_corpus", f"data.data_dir={data_dir}", "subject.name=corpus",
+                        "subject.synthetic=null", "trainer.max_steps=4", "trainer.val_check_interval=4"],
+                       tmp_path, "corpus")
+    ck = run / "checkpoints" / "last.ckpt"
+    generic = load_audio2motion(ck, "tiny", None)
+    assert generic.generic and generic.meta["subject"] is None
+    assert [t["subject"] for t in generic.meta["trained_on"]] == [name]
+    with pytest.raises(CheckpointError, match="generic"):
+        load_audio2motion(ck, "tiny", None, allow_generic=False)
+    ds = open_subject(data_dir, name)
+    with pytest.raises(ValueError, match="stats="):
+        predict_motion(generic, np.asarray(ds.array("mel"))[:40], np.asarray(ds.array("f0"))[:40])
+    off = predict_motion(generic, np.asarray(ds.array("mel"))[:40], np.asarray(ds.array("f0"))[:40],
+                         stats=np.asarray(ds.array("motion_stats")))
+    assert off.shape == (20, 68, 3)
+    # person fine-tune from the generic weights: step 0 of the new run equals the generic network
+    _, run2 = run_stage([*A2M_TINY, *subject_overrides(tiny_subject), f"model.init_from={ck}", "trainer.max_steps=2",
+                         "trainer.val_check_interval=2"], tmp_path, "person")
+    person = load_audio2motion(run2 / "checkpoints" / "last.ckpt", name, ds.fingerprint)
+    assert not person.generic
+    g_sd, p_sd = generic.network.state_dict(), person.network.state_dict()
+    assert torch.equal(g_sd["cond.feat_mean"], p_sd["cond.feat_mean"])  # kept from the generic model
+    moved = max(float((g_sd[k] - p_sd[k]).abs().max()) for k in g_sd if g_sd[k].is_floating_point())
+    assert 0 < moved < 0.05
+
+
+def test_missing_feature_kind_is_named(tiny_subject, tmp_path):
+    from talkfield.dataset import DatasetError
+    from tests.helpers import run_stage
+
+    with pytest.raises(DatasetError, match="no 'hubert' audio features"):
+        run_stage([*A2M_TINY, *subject_overrides(tiny_subject), "audio_features=hubert", "trainer.max_steps=1"],
+                  tmp_path)
