@@ -404,3 +404,18 @@ def test_source_frames_random_access_matches_sequential_decode(tmp_path):
 def test_condition_window_edges():
     w = condition_window(np.array([0, 5, 9]), 3, 10)
     assert w.tolist() == [[0, 0, 1], [4, 5, 6], [8, 9, 9]]
+
+
+def test_bench_mel_filter_shim_equals_librosa():
+    """bench/bm_infer.py replaces librosa.filters.mel on the GPU machine (no librosa there) with torchaudio's."""
+    import importlib.util
+
+    import librosa
+
+    spec = importlib.util.spec_from_file_location("bm_infer", Path(__file__).resolve().parents[1] / "bench" / "bm_infer.py")
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    ours = bm.mel_filters(sr=16000, n_fft=512, n_mels=80, fmin=80.0, fmax=7600.0)
+    ref = librosa.filters.mel(sr=16000, n_fft=512, n_mels=80, fmin=80.0, fmax=7600.0)
+    assert ours.shape == ref.shape == (80, 257)
+    np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=1e-4)
