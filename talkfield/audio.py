@@ -34,7 +34,7 @@ class AudioError(RuntimeError):
 # loading
 # --------------------------------------------------------------------------------------------------------------
 def decode_audio(path: Path | str, sr: int = SR) -> tuple[np.ndarray, float]:
-    """Decode the first audio stream of any PyAV-readable file, resampled to `sr` mono.
+    """Decode the first audio stream of any PyAV-readable file, resampled to `sr`, channels averaged to mono.
 
     Returns (wav [S] float32, start time in seconds of the first decoded sample on the container clock).
     Raises AudioError naming the file if it cannot be opened or has no audio stream.
@@ -52,16 +52,18 @@ def decode_audio(path: Path | str, sr: int = SR) -> tuple[np.ndarray, float]:
         if not container.streams.audio:
             raise AudioError(f"{path}: has no audio track; pass a separate speech file with audio=<path>")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        resampler = None  # built from the first frame's layout; channels are averaged afterwards
         chunks, start = [], None
         try:
             for frame in container.decode(stream):
                 if start is None and frame.time is not None:
                     start = float(frame.time)
+                if resampler is None:
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=sr)
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(0))
+            for out in resampler.resample(None) if resampler is not None else []:
+                chunks.append(out.to_ndarray().mean(0))
         except av.error.FFmpegError as e:
             if not chunks:
                 raise AudioError(f"{path}: audio stream cannot be decoded ({e})") from e

@@ -59,8 +59,9 @@ def torso_rgba(img: np.ndarray, lab: np.ndarray, pts: np.ndarray, fill_px: int |
     import cv2
 
     H, W = lab.shape
-    head = np.isin(lab, HEAD_LABELS)
-    body = (lab == LABELS["neck"]) | (lab == LABELS["torso"])
+    assert HEAD_LABELS == (1, 2, 3, 4) and LABELS["neck"] == 5 and LABELS["torso"] == 6
+    head = (lab >= 1) & (lab <= 4)
+    body = lab >= 5
     jaw = lmk.to68(pts)[:, :2]
     face_h = float(pts[:, 1].max() - pts[:, 1].min())
     fill_px = int(round(fill_px if fill_px is not None else 0.35 * face_h))
@@ -74,20 +75,27 @@ def torso_rgba(img: np.ndarray, lab: np.ndarray, pts: np.ndarray, fill_px: int |
         sub = body[:, cols]
         has = sub.any(0)
         top = np.where(has, sub.argmax(0), H)  # first body row per column
-        rows = np.arange(H)[:, None]
         lo = np.maximum(top - fill_px, int(np.ceil(ear_y)))
-        region = (rows >= lo[None]) & (rows < top[None]) & has[None] & head[:, cols]
-        src_row = np.clip(top + 2, 0, H - 1)
-        colour = img[src_row, cols].astype(np.float64)  # [C,3]
-        dist = (top[None] - rows).astype(np.float64)
-        smear = colour[None] * (0.98 ** np.clip(dist, 0, None))[..., None]
-        patch = out[:, cols].astype(np.float64)
-        patch[region] = smear[region]
-        out[:, cols] = np.clip(patch, 0, 255).astype(np.uint8)
-        fill[:, cols] = region
-        if fill.any():
-            blurred = cv2.GaussianBlur(out, (5, 5), 0)
-            out[fill] = blurred[fill]
-    alpha = body | fill
-    out[~alpha] = 0
-    return np.dstack([out, alpha.astype(np.uint8) * 255])
+        r0 = int(max(0, lo.min()))
+        r1 = int(min(H, top.max()))
+        if r1 > r0:
+            rows = np.arange(r0, r1)[:, None]
+            region = (rows >= lo[None]) & (rows < top[None]) & has[None] & head[r0:r1, cols]
+            src_row = np.clip(top + 2, 0, H - 1)
+            colour = img[src_row, cols].astype(np.float32)  # [C,3]
+            gain = np.float32(0.98) ** np.clip(top[None] - rows, 0, None).astype(np.float32)
+            smear = np.clip(colour[None] * gain[..., None], 0, 255).astype(np.uint8)
+            patch = out[r0:r1, x0:x1 + 1]
+            patch[region] = smear[region]
+            fill[r0:r1, x0:x1 + 1] = region
+            if region.any():
+                a0, a1 = max(0, r0 - 3), min(H, r1 + 3)
+                b0, b1 = max(0, x0 - 3), min(W, x1 + 4)
+                blurred = cv2.GaussianBlur(out[a0:a1, b0:b1], (5, 5), 0)
+                m = fill[a0:a1, b0:b1]
+                out[a0:a1, b0:b1][m] = blurred[m]
+    alpha = (body | fill).astype(np.uint8)
+    rgba = np.empty((H, W, 4), np.uint8)
+    np.multiply(out, alpha[..., None], out=rgba[..., :3])
+    rgba[..., 3] = alpha * 255
+    return rgba

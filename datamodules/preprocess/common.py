@@ -39,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "fit": {
         "max_components": 32,    # expression basis size cap; the count is chosen by held-out-frame error
         "holdout_every": 5,      # every n-th frame is held out when choosing the count
-        "smooth_pose": 3.0,      # weight of the temporal second-difference penalty on rotation/translation
+        "smooth_pose": 10.0,     # weight of the temporal second-difference penalty on rotation/translation
+        "smooth_scale_px": 0.1,  # accelerations (px) above this are penalised linearly (Charbonnier)
         "smooth_exp": 0.0,       # same on expression coefficients (0 keeps lips and eyes responsive)
         "iters": 80,             # L-BFGS iterations of the joint fit
         "focal": None,           # fixed focal length at `size` px (None: fitted)

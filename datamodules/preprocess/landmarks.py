@@ -26,10 +26,13 @@ RESPONSIVE = np.unique(np.concatenate([lmk.LIPS, lmk.RIGHT_EYE, lmk.LEFT_EYE, lm
 """Mesh points left unsmoothed: lips (inner + outer rings), eye contours and irises."""
 
 
-def detect(frames_dir: Path, T: int, size: int, show: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+def detect(frames_dir: Path | None, T: int, size: int, show: bool = True,
+           read=None) -> tuple[np.ndarray, np.ndarray, int]:
     """Run the face mesh over frames 0..T-1. Returns (points [T,478,3] float32 px with z scaled like x,
     detected [T] bool, number of frames with several faces). Several faces: the one nearest the previous
-    choice (the largest at the start) is kept."""
+    choice (the largest at the start) is kept. read: t -> uint8 [size,size,3] RGB (default: the cropped
+    frame t of frames_dir; evaluation passes rendered frames)."""
+    read = read or (lambda t: read_frame(frames_dir, t))
     import mediapipe as mp
 
     pts = np.zeros((T, lmk.NUM_MESH, 3), np.float32)
@@ -39,7 +42,7 @@ def detect(frames_dir: Path, T: int, size: int, show: bool = True) -> tuple[np.n
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=2, refine_landmarks=True,
                                          min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
         for t in progress(range(T), total=T, desc="landmarks", enable=show):
-            res = mesh.process(read_frame(frames_dir, t))
+            res = mesh.process(read(t))
             faces = res.multi_face_landmarks or []
             if not faces:
                 continue

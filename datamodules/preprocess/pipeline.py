@@ -85,9 +85,13 @@ class Pipeline:
         info = None if force else self.work.done(stage, key)
         if info is not None:
             log.info("stage %s: up to date, skipped", stage)
+            for w in info.get("warnings", []):
+                self._warn(w)
             return info
         t = time.perf_counter()
+        n_warn = len(self.warnings)
         info = fn() or {}
+        info["warnings"] = self.warnings[n_warn:]
         self.timings[stage] = time.perf_counter() - t
         self.work.finish(stage, key, info)
         log.info("stage %s: done in %.1f s", stage, self.timings[stage])
@@ -236,10 +240,10 @@ class Pipeline:
                        "audio_offset_s": dec["audio"]["offset_s"]},
             "landmarks": {k: stages["landmarks"][k] for k in ("missing_ranges", "multi_face_frames",
                                                                "detected_fraction")},
-            "fit": {k: v for k, v in fit_info.items() if k != "key"},
-            "segment": {k: v for k, v in stages["segment"].items() if k != "key"},
-            "background": {k: v for k, v in stages["background"].items() if k != "key"},
-            "audio": {k: v for k, v in stages["audio"].items() if k != "key"},
+            "fit": {k: v for k, v in fit_info.items() if k not in ("key", "warnings")},
+            "segment": {k: v for k, v in stages["segment"].items() if k not in ("key", "warnings")},
+            "background": {k: v for k, v in stages["background"].items() if k not in ("key", "warnings")},
+            "audio": {k: v for k, v in stages["audio"].items() if k not in ("key", "warnings")},
             "config": self.cfg,
             "versions": {"mediapipe": mediapipe.__version__, "av": av.__version__, "numpy": np.__version__},
             "stage_keys": self.keys,
