@@ -199,6 +199,10 @@ def bench_b():
         return step
 
     record("b_ours_fwd", timeit(fwd))
+    os.environ["TALKFIELD_GRID_BWD"] = "lane"
+    record("b_ours_fwd_bwd_lane_kernel", timeit(fwd_bwd(x)))
+    record("b_ours_fwd_bwd_with_input_grad_lane_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
+    os.environ["TALKFIELD_GRID_BWD"] = "agg"
     record("b_ours_fwd_bwd", timeit(fwd_bwd(x)),
            figure="grid encoder fwd+bwd, 2^20 3D pts, 16 levels x 2, 2^19 entries/level, hash (ours, CUDA)")
     xg = x.clone().requires_grad_(True)
@@ -289,7 +293,9 @@ def bench_c():
     opt = torch.optim.Adam(field.parameters(), lr=5e-4, eps=1e-15, fused=True)
     state = {}
 
-    def make_step(amp: bool, optimizer: bool, backend="cuda"):
+    def make_step(amp: bool, optimizer: bool, backend="cuda", fn=None):
+        fn = fn or field_fn
+
         def step():
             with cuda_ext.backend(backend), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 nears, fars = cuda_ext.near_far_from_aabb(rays_o, rays_d, grid.aabb, 0.05)
@@ -297,7 +303,7 @@ def bench_c():
                     rays_o, rays_d, grid.bitfield, grid.aabb, nears, fars, resolution=128, dt=dt, max_steps=16,
                     perturb=True, generator=gen, buffer_size=grid.buffer_size())
                 grid.record_samples(xyzs.shape[0])
-                sigma, rgb, amb = field_fn(xyzs, dirs)
+                sigma, rgb, amb = fn(xyzs, dirs)
                 ws, amb_sum, depth, img = cuda_ext.composite_rays_train(sigma.float(), rgb.float(), amb.float(),
                                                                         deltas, rays, 1e-4)
                 image = img + (1 - ws)[:, None] * bg
@@ -321,6 +327,23 @@ def bench_c():
            figure="head-field training step fwd+bwd, 65,536 rays, bf16 autocast (ours, CUDA)")
     record("c_step_bf16_fwd_bwd_adam", timeit(make_step(True, True), iters=30))
     profile_step(make_step(True, False), "c_profile_bf16")
+    os.environ["TALKFIELD_GRID_BWD"] = "lane"
+    record("c_step_bf16_fwd_bwd_lane_kernel", timeit(make_step(True, False), iters=30))
+    record("c_step_fp32_fwd_bwd_lane_kernel", timeit(make_step(False, False), iters=30))
+    os.environ["TALKFIELD_GRID_BWD"] = "agg"
+    # the same step with the field's own ops compiled (graph breaks at the cuda_ext ops)
+    try:
+        t0 = time.time()
+        compiled_fn = torch.compile(field_fn, dynamic=True)
+        state["fn"] = compiled_fn
+        step_c = make_step(True, False, fn=compiled_fn)
+        step_c()
+        torch.cuda.synchronize()
+        record("c_compile_seconds", time.time() - t0)
+        record("c_step_bf16_fwd_bwd_field_compiled", timeit(step_c, iters=30),
+               figure="head-field training step fwd+bwd, bf16 autocast, field ops torch.compile'd (ours, CUDA)")
+    except Exception as exc:
+        record("c_compile_error", f"{type(exc).__name__}: {str(exc)[:300]}")
     record("d_twin_head_step_fp32", timeit(make_step(False, False, "torch"), warmup=2, iters=5),
            figure="head-field training step fwd+bwd, fp32, PyTorch twins on GPU (not gated)")
 

@@ -233,6 +233,110 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
   }
 }
 
+// Backward, point-major variant: a block is 32 points (threadIdx.x) x L levels (threadIdx.y), so a warp holds one
+// level of 32 consecutive points. Samples marched along rays are spatially coherent, so at coarse levels many
+// lanes update the same table row: __match_any_sync groups them, the group sums its values with shuffles and one
+// leader issues the atomic (instead of up to 32 serialised atomics on one address). grad_output is staged through
+// shared memory so its reads stay coalesced, and d/dx is reduced over the levels in shared memory.
+template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
+__global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
+                                    const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
+                                    pos_t inv2b, bool vec_atomics, acc_t* __restrict__ gemb,
+                                    pos_t* __restrict__ gx) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int L = lv.L;
+  const int row = L * C;
+  pos_t* s_gy = reinterpret_cast<pos_t*>(smem_raw);  // [32][L*C]
+  pos_t* s_gx = s_gy + 32 * row;                     // [L][32][D]
+  const int lane = threadIdx.x, l = threadIdx.y;
+  const int tid = l * 32 + lane, nthreads = 32 * L;
+  const int64_t b0 = (int64_t)blockIdx.x * 32;
+  for (int i = tid; i < 32 * row; i += nthreads) {
+    s_gy[i] = (b0 + i / row) < B ? gy[b0 * row + i] : pos_t(0);
+  }
+  __syncthreads();
+  const int64_t b = b0 + lane;
+  uint32_t pg[D];
+  pos_t frac[D];
+  const pos_t scale = (pos_t)lv.scale[l];
+  const bool active = (b < B) && locate<pos_t, D>(x, b, bound, inv2b, scale, pg, frac);
+  const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+  const bool hashed = (lv.hashed >> l) & 1u;
+  const Vec<emb_t, C>* table = reinterpret_cast<const Vec<emb_t, C>*>(emb) + lv.offset[l];
+  acc_t* gtable = gemb + (int64_t)lv.offset[l] * C;
+  acc_t g[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) g[c] = active ? static_cast<acc_t>(s_gy[lane * row + l * C + c]) : acc_t(0);
+  pos_t gxp[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) gxp[d] = pos_t(0);
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    pos_t w = pos_t(1);
+    uint32_t cg[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const bool bit = (corner >> d) & 1;
+      w *= bit ? frac[d] : pos_t(1) - frac[d];
+      cg[d] = pg[d] + (bit ? 1u : 0u);
+    }
+    const uint32_t idx = active ? grid_index<D>(cg, lv.res[l], size, hashed) : 0xFFFFFFFFu;  // idx < size < 2^32-1
+    acc_t v[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) v[c] = active ? static_cast<acc_t>(w) * g[c] : acc_t(0);
+    const unsigned peers = __match_any_sync(0xffffffffu, idx);
+    if (__popc(peers) > 1) {  // every lane of a group takes this branch together and loops the same number of times
+      acc_t sum[C];
+#pragma unroll
+      for (int c = 0; c < C; ++c) sum[c] = acc_t(0);
+      unsigned m = peers;
+      while (m) {
+        const int src = __ffs(m) - 1;
+        m &= m - 1;
+#pragma unroll
+        for (int c = 0; c < C; ++c) sum[c] += __shfl_sync(peers, v[c], src);
+      }
+#pragma unroll
+      for (int c = 0; c < C; ++c) v[c] = sum[c];
+    }
+    if (active && lane == __ffs(peers) - 1) {
+      if (vec_atomics) {
+        atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, v, acc_t(1));
+      } else {
+        atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx * C, v, acc_t(1));
+      }
+    }
+    if (gx != nullptr && active) {
+      const Vec<emb_t, C> e = load_row<emb_t, C>(table + idx);
+      pos_t dot = pos_t(0);
+#pragma unroll
+      for (int c = 0; c < C; ++c) dot += static_cast<pos_t>(g[c]) * static_cast<pos_t>(e.v[c]);
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        pos_t dw = ((corner >> d) & 1) ? pos_t(1) : pos_t(-1);
+#pragma unroll
+        for (int f = 0; f < D; ++f) {
+          if (f != d) dw *= ((corner >> f) & 1) ? frac[f] : pos_t(1) - frac[f];
+        }
+        gxp[d] += dw * dot;
+      }
+    }
+  }
+  if (gx == nullptr) return;  // uniform over the block: no barrier is skipped by part of it
+  const pos_t dpdx = scale * inv2b;
+#pragma unroll
+  for (int d = 0; d < D; ++d) s_gx[(l * 32 + lane) * D + d] = gxp[d] * dpdx;
+  __syncthreads();
+  if (l == 0 && b < B) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      pos_t acc = pos_t(0);
+      for (int ll = 0; ll < L; ++ll) acc += s_gx[(ll * 32 + lane) * D + d];
+      gx[b * D + d] = acc;
+    }
+  }
+}
+
 Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_t>& res,
                    const std::vector<double>& scales, const std::vector<bool>& hashed) {
   const int L = (int)res.size();
@@ -280,26 +384,46 @@ template <typename pos_t, typename emb_t, typename acc_t>
 void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb, const Levels& lv, double bound, int D,
                 int C, at::Tensor& gemb, pos_t* gx) {
   const int64_t B = x.size(0);
-  const int64_t threads = B * lv.L;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const bool shfl = (32 % lv.L) == 0;
   // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
   const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
   const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
+  // TALKFIELD_GRID_BWD=lane selects the level-fastest kernel, anything else the point-major aggregating one
+  const char* variant = std::getenv("TALKFIELD_GRID_BWD");
+  const size_t smem = sizeof(pos_t) * 32 * lv.L * (C + D);
+  const bool agg = !(variant != nullptr && std::strcmp(variant, "lane") == 0) && smem <= 48 * 1024;
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   acc_t* ap = gemb.data_ptr<acc_t>();
-#define TF_BWD(D_, C_)                                                                                 \
-  grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>( \
-      gp, xp, ep, B, lv, (pos_t)bound, (pos_t)(0.5 / bound), shfl, vec, ap, gx)
-  if (D == 2 && C == 1) TF_BWD(2, 1);
-  else if (D == 2 && C == 2) TF_BWD(2, 2);
-  else if (D == 2 && C == 4) TF_BWD(2, 4);
-  else if (D == 3 && C == 1) TF_BWD(3, 1);
-  else if (D == 3 && C == 2) TF_BWD(3, 2);
-  else if (D == 3 && C == 4) TF_BWD(3, 4);
-  else TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
+  const pos_t pb = (pos_t)bound, inv = (pos_t)(0.5 / bound);
+  const bool shfl = (32 % lv.L) == 0;
+  const int64_t threads = B * lv.L;
+  const dim3 agg_block(32, lv.L);
+  const int agg_grid = static_cast<int>((B + 31) / 32);
+#define TF_BWD(D_, C_)                                                                                          \
+  if (agg) {                                                                                                    \
+    grid_bwd_agg_kernel<pos_t, emb_t, acc_t, D_, C_><<<agg_grid, agg_block, smem, stream>>>(gp, xp, ep, B, lv, pb, \
+                                                                                        inv, vec, ap, gx);     \
+  } else {                                                                                                      \
+    grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(                 \
+        gp, xp, ep, B, lv, pb, inv, shfl, vec, ap, gx);                                                         \
+  }
+  if (D == 2 && C == 1) {
+    TF_BWD(2, 1)
+  } else if (D == 2 && C == 2) {
+    TF_BWD(2, 2)
+  } else if (D == 2 && C == 4) {
+    TF_BWD(2, 4)
+  } else if (D == 3 && C == 1) {
+    TF_BWD(3, 1)
+  } else if (D == 3 && C == 2) {
+    TF_BWD(3, 2)
+  } else if (D == 3 && C == 4) {
+    TF_BWD(3, 4)
+  } else {
+    TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
+  }
 #undef TF_BWD
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -176,15 +176,25 @@ def test_inference_cuda_vs_twin_and_vs_training():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dim,gridtype,levels,storage", [
-    (3, "tiled", 16, torch.float32), (3, "hash", 16, torch.float32), (2, "hash", 8, torch.float32),
-    (3, "hash", 6, torch.float32), (3, "tiled", 16, torch.float16), (2, "tiled", 4, torch.bfloat16)])
-def test_grid_encoder_cuda_vs_twin(dim, gridtype, levels, storage):
+@pytest.fixture(params=["agg", "lane"])
+def bwd_variant(request, monkeypatch):
+    """Both grid-encoder backward kernels: point-major with aggregated atomics, and level-fastest."""
+    monkeypatch.setenv("TALKFIELD_GRID_BWD", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dim,gridtype,levels,storage,clustered", [
+    (3, "tiled", 16, torch.float32, False), (3, "hash", 16, torch.float32, False), (2, "hash", 8, torch.float32, False),
+    (3, "hash", 6, torch.float32, False), (3, "tiled", 16, torch.float16, False), (2, "tiled", 4, torch.bfloat16, False),
+    (3, "tiled", 16, torch.float32, True), (2, "hash", 5, torch.float32, True)])
+def test_grid_encoder_cuda_vs_twin(dim, gridtype, levels, storage, clustered, bwd_variant):
     enc = cuda_ext.GridEncoder(dim, num_levels=levels, level_dim=2, base_resolution=16, desired_resolution=512,
                                log2_hashmap_size=14, gridtype=gridtype, storage_dtype=storage).to(DEV)
     with torch.no_grad():
         enc.embeddings.uniform_(-1, 1)
     x = (torch.rand(20000, dim, device=DEV) * 2.1 - 1.05)  # a few outside the box
+    if clustered:  # many points per cell: lanes of a warp share table rows (the aggregation path)
+        x = 0.3 + torch.randn(20000, dim, device=DEV) * 0.02
     outs, grads = [], []
     for name in ("cuda", "torch"):
         xx = x.clone().requires_grad_(True)
@@ -207,7 +217,7 @@ def test_grid_encoder_cuda_vs_twin(dim, gridtype, levels, storage):
 
 @pytest.mark.gradcheck
 @pytest.mark.parametrize("gridtype,levels", [("tiled", 3), ("hash", 4)])
-def test_grid_encode_kernel_gradcheck_float64(gridtype, levels):
+def test_grid_encode_kernel_gradcheck_float64(gridtype, levels, bwd_variant):
     enc = cuda_ext.GridEncoder(3, num_levels=levels, level_dim=2, base_resolution=3, desired_resolution=12,
                                log2_hashmap_size=6, gridtype=gridtype)
     emb = torch.rand(enc.offsets[-1], 2, device=DEV, dtype=torch.float64, requires_grad=True)
