@@ -619,7 +619,7 @@ class TalkingHeadPipeline:
 
         # the torso checkpoint carries its own frozen head; without one the head run renders head-only
         torso_ck = None
-        head_only = torso is False or str(torso).lower() in ("none", "false", "off")
+        head_only = torso is False or (isinstance(torso, str) and torso.lower() in ("none", "false", "off"))
         if head_only:
             log.info("torso: off (head-only over the real torso of the driving frames)")
         elif torso is None and latest_run(runs_dir, subject, "torso") is None:

@@ -109,3 +109,34 @@ def test_cli_reports_missing_checkpoints_and_writes_nothing(tmp_path):
 def test_cli_rejects_unknown_knob(tmp_path):
     r = _infer(["subject.name=alice", "audio=x.wav", "out=y.mp4", "+knobs.mouth=2"], tmp_path)
     assert r.returncode == 2 and "unknown knob" in r.stdout + r.stderr
+
+
+def test_no_torso_run_renders_head_only_and_says_so(tmp_path, caplog, monkeypatch):
+    """torso=None with no torso run: head-only with a warning naming the training command; torso='none': silent."""
+    import logging
+
+    import lightning_modules.audio2motion as a2m_mod
+    import lightning_modules.head_nerf as head_mod
+
+    fake_subject(tmp_path / "data")
+    head_ck = fake_run(tmp_path / "outputs", "alice", "head", "alice")
+    a2m_ck = fake_run(tmp_path / "outputs", "alice", "audio2motion", "alice")
+    loaded = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_head(path, subject=None, fingerprint=None, map_location="cpu"):
+        loaded["head"] = (Path(path), subject, fingerprint)
+        raise Stop  # the loaders themselves are tested by their stages; here only what gets resolved
+
+    monkeypatch.setattr(head_mod, "load_head", fake_load_head)
+    monkeypatch.setattr(a2m_mod, "load_audio2motion", lambda *a, **k: None)
+    for torso, warned in ((None, True), ("none", False)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="talkfield.inference"), pytest.raises(Stop):
+            TalkingHeadPipeline.from_subject("alice", data_dir=tmp_path / "data", runs_dir=tmp_path / "outputs",
+                                             device="cpu", torso=torso)
+        assert loaded["head"] == (head_ck, "alice", "f" * 16)
+        assert ("no torso run" in caplog.text and "experiment=torso_nerf subject.name=alice" in caplog.text) == warned
+    assert a2m_ck.is_file()
