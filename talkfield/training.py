@@ -29,7 +29,9 @@ def check_required(cfg: DictConfig) -> None:
     """Fail at start, naming every missing `???` value and how to pass it."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        examples = " ".join(f"{k}=<value>" for k in missing)
+        # an experiment may say what a required key takes: `required_hints: {model.init_from: "a head checkpoint"}`
+        hints = cfg.get("required_hints") or {}
+        examples = " ".join(f"{k}=<{hints.get(k, 'value')}>" for k in missing)
         raise ConfigError(f"missing required config value(s): {', '.join(missing)}. "
                           f"Pass them on the command line, e.g. `python train.py ... {examples}` "
                           "(see the comment above each key in configs/ for what it takes)")
