@@ -84,15 +84,18 @@ def stable_hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def frame_ranges(idx: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted frame indices -> inclusive ranges [(a, b), ...]."""
+def frame_ranges(idx: Iterable[int], step: int = 1, last: int | None = None) -> list[tuple[int, int]]:
+    """Frame indices -> inclusive ranges [(a, b), ...]. With `step` > 1 the indices are samples every `step`
+    frames: neighbouring samples merge and each range extends to the frame before the next sample (<= last)."""
     idx = sorted(int(i) for i in idx)
     out: list[tuple[int, int]] = []
     for i in idx:
-        if out and i == out[-1][1] + 1:
-            out[-1] = (out[-1][0], i)
+        if out and i <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], i + step - 1)
         else:
-            out.append((i, i))
+            out.append((i, i + step - 1))
+    if last is not None:
+        out = [(a, min(b, last)) for a, b in out]
     return out
 
 

@@ -53,13 +53,15 @@ def choose_crop(scan: dict, info: VideoInfo, cfg: dict, out_size: int) -> dict:
     ok = np.isfinite(boxes[:, 0])
     max_missing = cfg["landmarks"]["max_missing"]
     if ok.mean() < 1.0 - max_missing:
-        miss = frame_ranges(idx[~ok])
+        step = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+        miss = frame_ranges(idx[~ok], step, info.n_frames - 1)
         raise PreprocessError(f"{video}: no face found in {100 * (1 - ok.mean()):.0f}% of the sampled frames "
                               f"(around frames {format_ranges(miss)}); the face must be visible in at least "
                               f"{100 * (1 - max_missing):.0f}% of frames: trim those parts "
                               "or pass preprocess.landmarks.max_missing=<fraction>")
     if (multi > 1).any():
-        many = frame_ranges(idx[multi > 1])
+        step = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+        many = frame_ranges(idx[multi > 1], step, info.n_frames - 1)
         log.warning("%s: several faces in frames %s; tracking the largest face", video, format_ranges(many))
     b = boxes[ok]
     sizes = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])

@@ -126,8 +126,9 @@ class Pipeline:
         scan = crop.scan_faces(self.video, info, c["scan_every"], c["scan_side"], self.show)
         rec = crop.choose_crop(scan, info, self.cfg, self.cfg["size"])
         if (scan["multi"] > 1).any():
-            self._warn(f"{self.video}: several faces in frames "
-                       f"{format_ranges(frame_ranges(scan['idx'][scan['multi'] > 1]))}; tracked the largest")
+            ranges = frame_ranges(scan["idx"][scan["multi"] > 1], c["scan_every"], info.n_frames - 1)
+            # choose_crop already logged it
+            self.warnings.append(f"{self.video}: several faces in frames {format_ranges(ranges)}; tracked the largest")
         # a thumbnail of the first frame for the debug video
         for _, img in decode.iter_frames(self.video, info=info):
             import cv2
