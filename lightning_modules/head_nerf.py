@@ -267,6 +267,14 @@ class HeadNeRFModule(TalkFieldModule):
             self.log_video("val/video", frames, fps=25)
         self._val_frames = []
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep checkpoints loadable with torch.load(weights_only=True) (load_head): the optimizer / scheduler
+        factories are functools.partial objects; the module is rebuilt from the saved config, not from these."""
+        hp = checkpoint.get("hyper_parameters")
+        if hp is not None:
+            for key in ("optimizer", "scheduler"):
+                hp.pop(key, None)
+
     # --- optimisation -------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with their lr multipliers (grids x10, window attention x5 by default)."""
