@@ -58,8 +58,13 @@ def mel_filters_shim() -> bool:
         return False
     except ImportError:
         pass
+    import importlib.machinery
+
     lib = types.ModuleType("librosa")
     filters = types.ModuleType("librosa.filters")
+    # a spec, so importlib.util.find_spec("librosa") (transformers probes it) does not raise
+    lib.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
+    filters.__spec__ = importlib.machinery.ModuleSpec("librosa.filters", None)
     filters.mel = mel_filters
     lib.filters = filters
     sys.modules["librosa"], sys.modules["librosa.filters"] = lib, filters
@@ -138,10 +143,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shim = mel_filters_shim()
-    if shim:
-        log.info("librosa missing: log-mel uses torchaudio's Slaney mel filterbank (identical)")
-
     from talkfield.inference import Knobs, TalkingHeadPipeline
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -149,6 +150,8 @@ def main() -> None:
     pipe = TalkingHeadPipeline.from_subject(args.subject, data_dir=args.data_dir, runs_dir=args.runs_dir,
                                             device="auto", head=args.head, torso=args.torso, a2m=args.a2m)
     load_s = time.perf_counter() - t
+    if mel_filters_shim():  # after lightning/transformers are imported: they probe for librosa
+        log.info("librosa missing: log-mel uses torchaudio's Slaney mel filterbank (identical)")
     knobs = Knobs(batch_frames=args.batch_frames, bf16=not args.no_bf16, lookahead=args.lookahead)
     wav = speech(pipe.ds, args.audio, max(args.seconds, args.stream_seconds))
     clip = write_wav(out / "speech_bench.wav", wav[: int(args.seconds * 16000)])
