@@ -389,3 +389,20 @@ def test_import_does_not_build():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_prebuilt_module_needs_matching_meta(tmp_path, monkeypatch):
+    from cuda_ext import _backend
+
+    so = tmp_path / "talkfield_cuda_ext.so"
+    so.write_bytes(b"not an elf")
+    monkeypatch.setenv("TALKFIELD_CUDA_EXT_SO", str(so))
+    meta = so.with_suffix(".meta.json")
+    meta.write_text('{"torch": "0.0.0", "sources": "x"}')
+    notes = []
+    assert _backend._try_prebuilt(notes) == (None, None)
+    assert "built for torch 0.0.0" in notes[0]
+    meta.write_text(__import__("json").dumps(_backend._meta()))  # matching meta: it is imported (and fails here)
+    notes = []
+    assert _backend._try_prebuilt(notes) == (None, None)
+    assert str(so) in notes[0] and "built for" not in notes[0]
