@@ -1,0 +1,340 @@
+"""Audio2Motion numbers: synthetic sample (ground truth known), the real clip, Mandarin cross-driving.
+
+    python bench/bm_audio2motion.py [--parts synthetic,real,mandarin] [--work DIR] [--steps 1500] [--record]
+
+synthetic: generate + preprocess a 90 s sample (seed 11) and a 20 s sample of another seed (12), train
+  `experiment=audio2motion` on the 90 s one (train.py, CPU), predict the held-out val split (the last 1/11, audio the
+  model never saw) and the other-seed sample from audio alone, default knobs + post-processing. Scores against
+  the generator's ground truth: Pearson r of mouth opening and lip width, the same r of a linear regressor on frame
+  loudness (log RMS of the frame and +-2 neighbours, fitted on the train frames), recall of lip closures on p/b/m
+  (the predicted opening drops below the training 10th percentile of the tracked opening within the phone
+  +- 1 frame, after the generator's 60 ms visual lead). Also trains the lip-sync expert (`experiment=lipsync`)
+  and reports its AUC on the val split (aligned vs shifted by +-3..8 frames).
+real: the real clip (preprocessed once: data/katie): train on its 181 train frames, predict the 19 held-out
+  frames from their audio: mean lip-point distance to the tracked landmarks (head units), mouth-opening r; the
+  lip-sync expert's AUC on the val split. Reported, not gated (8 s is little data).
+mandarin: drive the real-clip model with ../shared/data/chinese_news.wav (48 kHz stereo; loaded and resampled by
+  talkfield.audio.load_audio), default knobs: std of the predicted mouth opening over the training video's, r with
+  the audio envelope (frame RMS), and the share of pauses > 200 ms (frame RMS 30 dB under the loud-frame level)
+  whose median predicted opening is below the training 10th percentile.
+
+Results are printed as JSON and written to <work>/results.json; --record appends rows to bench/RESULTS.md.
+Training runs with one intra-op thread (OMP_NUM_THREADS=1): on a shared 2-core machine two threads thrash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "RESULTS.md"
+HEADER = "| figure | value | unit | card | date | command |\n|---|---|---|---|---|---|\n"
+SHARED = ROOT.parent / "shared" / "data"
+DATE = "2026-11-25"
+SAMPLES = {"syn90": (11, 90.0), "syn20b": (12, 20.0)}
+SAMPLE_SIZE = 384
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "TALKFIELD_ROOT": str(ROOT)}
+    with open(log, "w") as f:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (log: {log})")
+
+
+def ensure_sample(work: Path, name: str) -> Path:
+    from datamodules.preprocess import preprocess_video
+    from datamodules.sample import generate_sample
+
+    seed, dur = SAMPLES[name]
+    src = work / "_sources" / name
+    video = generate_sample(src, seed=seed, duration=dur, size=SAMPLE_SIZE, fps=25)
+    if not (work / "data" / name / "manifest.json").is_file():
+        preprocess_video(Path(video), name, work / "data", show_progress=False)
+    return src
+
+
+def ensure_real(work: Path) -> None:
+    from datamodules.preprocess import preprocess_video
+
+    if not (work / "data" / "katie" / "manifest.json").is_file():
+        preprocess_video(SHARED / "WDA_KatieHill_000.mp4", "katie", work / "data", show_progress=False)
+
+
+def train(work: Path, stage: str, subject: str, steps: int, extra: list[str] = ()) -> Path:
+    """Train a stage with train.py (CSV logger) unless a finished run exists; return its last.ckpt."""
+    run_dir = work / "runs" / subject / stage / f"bench{steps}"
+    ck = run_dir / "checkpoints" / "last.ckpt"
+    if ck.is_file() and (run_dir / "config.yaml").is_file():
+        return ck
+    exp = {"audio2motion": "audio2motion", "lipsync": "lipsync"}[stage]
+    t = time.time()
+    sh([sys.executable, "train.py", f"experiment={exp}", f"subject.name={subject}", "subject.synthetic=null",
+        f"paths.data_dir={work / 'data'}", f"paths.runs_dir={work / 'runs'}", f"run_id=bench{steps}", "logger=csv",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(50, steps // 5)}",
+        "trainer.enable_progress_bar=false", *extra], work / f"train_{stage}_{subject}.log")
+    print(f"trained {stage} on {subject}: {steps} steps in {time.time() - t:.0f} s", flush=True)
+    return ck
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------------------------
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def frame_loudness(wav: np.ndarray, T: int) -> np.ndarray:
+    """log10 RMS of each 640-sample frame [T]."""
+    w = np.asarray(wav[: T * 640], np.float64)
+    w = np.pad(w, (0, T * 640 - len(w))).reshape(T, 640)
+    return np.log10(np.sqrt((w ** 2).mean(1)) + 1e-5)
+
+
+def lagged(x: np.ndarray, lags=(-2, -1, 0, 1, 2)) -> np.ndarray:
+    cols = [np.roll(x, -k) for k in lags]
+    return np.stack(cols + [np.ones_like(x)], 1)
+
+
+def predict(model, feats, f0, person=None):
+    from networks.audio2motion import postprocess, predict_motion
+
+    raw = predict_motion(model, feats, f0, temperature=0.0, mouth_amp=1.0)
+    return raw, postprocess(raw, person or model.person)
+
+
+def opening_width(off: np.ndarray, mean_shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from networks.audio2motion import lip_width68, mouth_opening68
+    from talkfield.motion import from_offsets
+
+    p = from_offsets(off, mean_shape)
+    return mouth_opening68(p), lip_width68(p)
+
+
+def closure_recall(opening: np.ndarray, phones: list[dict], t0: int, thr: float, lead: float) -> tuple[float, int]:
+    """Share of p/b/m phones (viseme PP) inside frames [t0, t0+len) whose predicted opening drops below thr."""
+    T = len(opening)
+    hits = n = 0
+    for ph in phones:
+        if ph["viseme"] != "PP":
+            continue
+        a = int(np.floor((ph["start"] - lead) * 25)) - t0 - 1
+        b = int(np.ceil((ph["end"] - lead) * 25)) - t0 + 1
+        if a < 0 or b > T:
+            continue
+        n += 1
+        hits += bool(opening[a:b].min() < thr)
+    return (hits / n if n else float("nan")), n
+
+
+def sync_eval(expert_ck: Path, ds, frames: tuple[int, int], label: str) -> dict:
+    import torch
+
+    from lightning_modules.lipsync import load_lipsync
+    from networks.audio2motion import normalize_motion, prepare_features
+    from networks.audio2motion.syncnet import sync_auc
+
+    expert = load_lipsync(expert_ck)
+    a, b = frames
+    f = prepare_features(torch.from_numpy(np.asarray(ds.array("mel"))[2 * a:2 * b].copy()), "mel")
+    m = normalize_motion(torch.from_numpy(np.asarray(ds.array("offsets"))[a:b].copy()),
+                         np.asarray(ds.array("motion_stats")))
+    return sync_auc(expert, [(f, m)], shifts=(-8, -5, -3, 3, 5, 8), data=label)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def part_synthetic(work: Path, steps: int, sync_steps: int) -> dict:
+    from lightning_modules.audio2motion import load_audio2motion
+    from talkfield.dataset import open_subject
+
+    srcs = {n: ensure_sample(work, n) for n in SAMPLES}
+    ck = train(work, "audio2motion", "syn90", steps)
+    ds = open_subject(work / "data", "syn90")
+    model = load_audio2motion(ck, "syn90", ds.fingerprint)
+    gt_dir = srcs["syn90"] / "ground_truth"
+    gt_open, gt_width = np.load(gt_dir / "mouth_opening.npy"), np.load(gt_dir / "lip_width.npy")
+    lead = json.loads((srcs["syn90"] / "ground_truth.json").read_text())["visual_lead_s"]
+    T = ds.T
+    a, b = ds.manifest.split["val"]
+    mel, f0 = np.asarray(ds.array("mel")), np.asarray(ds.array("f0"))
+    raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b])
+    ms = model.person.mean_shape
+    tracked_open, _ = opening_width(np.asarray(ds.array("offsets")), ms)
+    thr = float(np.quantile(tracked_open[: ds.manifest.split["train"][1]], 0.10))
+    out = {"held_out_frames": [a, b], "train_steps": steps, "closure_threshold_q10": thr}
+    loud = frame_loudness(np.load(gt_dir / "audio.npy"), T)
+    X = lagged(loud)
+    w, *_ = np.linalg.lstsq(X[:a], gt_open[:a], rcond=None)
+    out["loudness_regressor_r"] = pearson(X[a:b] @ w, gt_open[a:b])
+    out["loudness_regressor_train_r"] = pearson(X[:a] @ w, gt_open[:a])
+    phones = json.loads((gt_dir / "phones.json").read_text())
+    for tag, off in (("raw", raw), ("post", post)):
+        op, wd = opening_width(off, ms)
+        out[f"{tag}_mouth_r"] = pearson(op, gt_open[a:b])
+        out[f"{tag}_lip_width_r"] = pearson(wd, gt_width[a:b])
+        out[f"{tag}_pbm_recall"], out["pbm_count"] = closure_recall(op, phones, a, thr, lead)
+    out["tracked_mouth_r"] = pearson(tracked_open[a:b], gt_open[a:b])  # the preprocessing ceiling
+    out["tracked_pbm_recall"], _ = closure_recall(tracked_open[a:b], phones, a, thr, lead)
+    # another seed: other phone sequence and voice, same synthetic face, predicted with syn90's person
+    ds2 = open_subject(work / "data", "syn20b")
+    g2 = srcs["syn20b"] / "ground_truth"
+    _, post2 = predict(model, np.asarray(ds2.array("mel")), np.asarray(ds2.array("f0")))
+    op2, wd2 = opening_width(post2, ms)
+    T2 = len(op2)
+    out["other_seed_mouth_r"] = pearson(op2, np.load(g2 / "mouth_opening.npy")[:T2])
+    out["other_seed_lip_width_r"] = pearson(wd2, np.load(g2 / "lip_width.npy")[:T2])
+    X2 = lagged(frame_loudness(np.load(g2 / "audio.npy"), T2))
+    out["other_seed_loudness_regressor_r"] = pearson(X2 @ w, np.load(g2 / "mouth_opening.npy")[:T2])
+    out["other_seed_pbm_recall"], out["other_seed_pbm_count"] = closure_recall(
+        op2, json.loads((g2 / "phones.json").read_text()), 0, thr, lead)
+    if sync_steps:
+        eck = train(work, "lipsync", "syn90", sync_steps)
+        out["lipsync"] = sync_eval(eck, ds, (a, b), "syn90 val split")
+    return out
+
+
+def part_real(work: Path, steps: int, sync_steps: int) -> dict:
+    from lightning_modules.audio2motion import load_audio2motion
+    from talkfield import landmarks as lmk
+    from talkfield.dataset import open_subject
+
+    ensure_real(work)
+    ck = train(work, "audio2motion", "katie", steps)
+    ds = open_subject(work / "data", "katie")
+    model = load_audio2motion(ck, "katie", ds.fingerprint)
+    a, b = ds.manifest.split["val"]
+    mel, f0 = np.asarray(ds.array("mel")), np.asarray(ds.array("f0"))
+    off = np.asarray(ds.array("offsets"))
+    raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b])
+    ms = model.person.mean_shape
+    out = {"held_out_frames": [a, b], "train_steps": steps}
+    gt_open, _ = opening_width(off[a:b], ms)
+    mean_pose = off[: ds.manifest.split["train"][1]].mean(0)
+    for tag, pred in (("raw", raw), ("post", post), ("mean_pose_baseline", np.repeat(mean_pose[None], b - a, 0))):
+        out[f"{tag}_lip_lmd"] = float(np.linalg.norm(pred[:, lmk.LIPS68] - off[a:b, lmk.LIPS68], axis=-1).mean())
+        if tag != "mean_pose_baseline":
+            out[f"{tag}_mouth_r"] = pearson(opening_width(pred, ms)[0], gt_open)
+    if sync_steps:
+        eck = train(work, "lipsync", "katie", sync_steps)
+        out["lipsync"] = sync_eval(eck, ds, (a, b), "katie val split")
+    return out
+
+
+def part_mandarin(work: Path, steps: int) -> dict:
+    from lightning_modules.audio2motion import load_audio2motion
+    from networks.audio2motion import extract_conditions
+    from talkfield.audio import load_audio
+    from talkfield.dataset import open_subject
+
+    ensure_real(work)
+    ck = train(work, "audio2motion", "katie", steps)
+    ds = open_subject(work / "data", "katie")
+    model = load_audio2motion(ck, "katie", ds.fingerprint)
+    wav = load_audio(SHARED / "chinese_news.wav")
+    feats, f0 = extract_conditions(wav, "mel")
+    _, post = predict(model, feats, f0)
+    ms = model.person.mean_shape
+    op, _ = opening_width(post, ms)
+    tr = ds.manifest.split["train"][1]
+    train_open, _ = opening_width(np.asarray(ds.array("offsets"))[:tr], ms)
+    thr = float(np.quantile(train_open, 0.10))
+    T = len(op)
+    loud = frame_loudness(wav, T)
+    env = 10 ** loud
+    level = np.quantile(loud, 0.95)
+    silent = loud < level - 1.5  # 30 dB under the loud-frame level
+    pauses, t = [], 0
+    while t < T:
+        if silent[t]:
+            e = t
+            while e < T and silent[e]:
+                e += 1
+            if e - t > 5:  # longer than 200 ms
+                pauses.append((t, e))
+            t = e
+        else:
+            t += 1
+    closed = [float(np.median(op[s + 1:e - 1])) < thr for s, e in pauses]
+    return {"frames": T, "train_steps": steps, "opening_std_ratio": float(op.std() / train_open.std()),
+            "envelope_r": pearson(op, env), "envelope_r_log": pearson(op, loud), "pauses": len(pauses),
+            "pauses_closed_share": float(np.mean(closed)) if closed else float("nan"), "closed_threshold_q10": thr}
+
+
+def record(res: dict, card: str) -> None:
+    rows = []
+    cmd = "`python bench/bm_audio2motion.py --record`"
+    s = res.get("synthetic")
+    if s:
+        rows += [("a2m synthetic held-out mouth-opening r (post-processed)", s["post_mouth_r"], "r"),
+                 ("a2m synthetic held-out mouth-opening r, loudness linear regressor", s["loudness_regressor_r"], "r"),
+                 ("a2m synthetic held-out lip-width r (post-processed)", s["post_lip_width_r"], "r"),
+                 ("a2m synthetic held-out p/b/m closure recall", s["post_pbm_recall"], "fraction"),
+                 ("a2m synthetic other-seed mouth-opening r", s["other_seed_mouth_r"], "r"),
+                 ("a2m synthetic other-seed lip-width r", s["other_seed_lip_width_r"], "r")]
+        if "lipsync" in s:
+            rows.append(("lip-sync expert AUC, synthetic val split (trained on its train split)",
+                         s["lipsync"]["auc"], "AUC"))
+    r = res.get("real")
+    if r:
+        rows += [("a2m real clip held-out lip LMD (post-processed)", r["post_lip_lmd"], "head units"),
+                 ("a2m real clip held-out lip LMD, mean-pose baseline", r["mean_pose_baseline_lip_lmd"], "head units"),
+                 ("a2m real clip held-out mouth-opening r", r["post_mouth_r"], "r")]
+        if "lipsync" in r:
+            rows.append(("lip-sync expert AUC, real clip val split (trained on its train split)",
+                         r["lipsync"]["auc"], "AUC"))
+    m = res.get("mandarin")
+    if m:
+        rows += [("a2m Mandarin-driven mouth-opening std / training video's", m["opening_std_ratio"], "ratio"),
+                 ("a2m Mandarin-driven mouth opening vs audio envelope r", m["envelope_r"], "r"),
+                 ("a2m Mandarin-driven pauses > 200 ms with mouth closed", m["pauses_closed_share"], "fraction")]
+    if not RESULTS.exists() or not RESULTS.read_text().strip():
+        RESULTS.write_text(HEADER)
+    with RESULTS.open("a") as f:
+        for name, value, unit in rows:
+            f.write(f"| {name} | {value:.3f} | {unit} | {card} | {DATE} | {cmd} |\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="synthetic,real,mandarin")
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "_bench_a2m"))
+    ap.add_argument("--steps", type=int, default=1500, help="audio2motion training steps (synthetic)")
+    ap.add_argument("--real-steps", type=int, default=600, help="audio2motion training steps (real clip)")
+    ap.add_argument("--sync-steps", type=int, default=600, help="lip-sync expert steps (0: skip)")
+    ap.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
+    ap.add_argument("--card", default="CPU 2 cores", help="where the models were trained (RESULTS.md 'card')")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    res = {"load_average": os.getloadavg()[0]}
+    parts = args.parts.split(",")
+    if "synthetic" in parts:
+        res["synthetic"] = part_synthetic(work, args.steps, args.sync_steps)
+    if "real" in parts:
+        res["real"] = part_real(work, args.real_steps, args.sync_steps)
+    if "mandarin" in parts:
+        res["mandarin"] = part_mandarin(work, args.real_steps)
+    text = json.dumps(res, indent=1, default=str)
+    print(text)
+    (work / "results.json").write_text(text)
+    if args.record:
+        record(res, args.card)
+
+
+if __name__ == "__main__":
+    main()
