@@ -65,18 +65,18 @@ def _expert(spec, a2m_model):
 
 
 def _log_wandb(cfg: DictConfig, result: dict, out: Path) -> None:
-    if cfg.logger != "wandb":
+    if "wandb" not in (cfg.get("logger") or {}):
         return
     try:
         import wandb
     except ImportError:
-        log.warning("logger=wandb but wandb is not installed: not logged (pass logger=none to silence)")
+        log.warning("logger=wandb but wandb is not installed here: nothing logged to W&B (logger=none silences this)")
         return
     from talkfield.loggers import finish_wandb, make_wandb_logger
 
     try:
         lg = make_wandb_logger("talkfield", f"{result['subject']}-eval-{out.name}", str(out), group="eval",
-                               mode=cfg.wandb_mode)
+                               mode=str(OmegaConf.select(cfg, "logger.wandb.mode", default="auto")))
         lg.log_metrics({f"eval/{k}": v for k, v in result["metrics"].items() if isinstance(v, (int, float))})
         lg.experiment.summary.update({"eval/lpips_variant": result.get("lpips_variant"),
                                       "eval/audio_features": result.get("audio_features"),
@@ -89,6 +89,32 @@ def _log_wandb(cfg: DictConfig, result: dict, out: Path) -> None:
         finish_wandb()
 
 
+def _landmarks(cfg: DictConfig, root: Path) -> None:
+    """The CPU pass: add the landmark metrics to root/eval.json, or to every eval.json under root that lacks them."""
+    from talkfield.evaluation import add_landmark_metrics, mediapipe_available
+
+    if not mediapipe_available():
+        raise FileNotFoundError("landmarks=: mediapipe is not installed here; run this pass on a machine with it")
+    if (root / "eval.json").is_file():
+        todo = [root]
+    else:
+        todo = [p.parent for p in sorted(root.rglob("eval.json"))
+                if any(n.startswith("landmark metrics skipped") for n in json.loads(p.read_text()).get("notes", []))]
+        if not todo:
+            raise FileNotFoundError(f"landmarks={root}: no eval.json there, nor any below it that lacks the "
+                                    "landmark metrics (run evaluate.py first)")
+    for out in todo:
+        res = json.loads((out / "eval.json").read_text())
+        ds = _open(cfg.paths.data_dir, res["subject"], res.get("data_dir"))
+        a2m_ck, a2m = res["checkpoints"].get("audio2motion"), None
+        if a2m_ck and cfg.lipsync is None and Path(a2m_ck).is_file():
+            from lightning_modules.audio2motion import load_audio2motion
+
+            a2m = load_audio2motion(a2m_ck, ds.name, ds.fingerprint)
+        add_landmark_metrics(out, ds, _expert(cfg.lipsync, a2m))
+        log.info("landmark metrics added to %s\n%s", out / "eval.json", (out / "eval.md").read_text())
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from talkfield.dataset import DatasetError
@@ -97,21 +123,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         if cfg.landmarks:
-            from talkfield.evaluation import add_landmark_metrics
-
-            out = Path(cfg.landmarks)
-            if not (out / "eval.json").is_file():
-                raise FileNotFoundError(f"landmarks={out}: no eval.json there (run evaluate.py first)")
-            res = json.loads((out / "eval.json").read_text())
-            ds = _open(cfg.paths.data_dir, res["subject"], res.get("data_dir"))
-            a2m_ck = res["checkpoints"].get("audio2motion")
-            a2m_meta = None
-            if a2m_ck and cfg.lipsync is None and Path(a2m_ck).is_file():
-                from lightning_modules.audio2motion import load_audio2motion
-
-                a2m_meta = load_audio2motion(a2m_ck, ds.name, ds.fingerprint)
-            res = add_landmark_metrics(out, ds, _expert(cfg.lipsync, a2m_meta))
-            log.info("landmark metrics added to %s\n%s", out / "eval.json", (out / "eval.md").read_text())
+            _landmarks(cfg, Path(cfg.landmarks))
             return
 
         from talkfield.evaluation import evaluate, load_models

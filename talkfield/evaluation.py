@@ -401,6 +401,10 @@ def landmark_metrics(ds: SubjectDataset, frames: np.ndarray, renders: dict[str, 
         d = lmd(pts, pts_real, size, both)
         metrics[f"{mode}/lmd"] = nanmean(d)
         metrics[f"{mode}/lmd_frames"] = int(both.sum())
+        if not both.all():
+            details.setdefault("notes", []).append(
+                f"{MODES[mode]}: LMD over {int(both.sum())} of {len(both)} frames (face found in {int(ok.sum())} "
+                f"renders and {int(ok_real.sum())} real frames)")
         canon = detected_canonical(pts, mean_shape)
         canon[~ok] = np.nan
         if truth is not None:
@@ -435,7 +439,6 @@ def add_landmark_metrics(out_dir: Path | str, ds: SubjectDataset, expert=None) -
     result["metrics"].update(metrics)
     result["landmarks"] = details
     result["notes"] = [n for n in result.get("notes", []) if not n.startswith("landmark metrics skipped")]
-    result["notes"] += details.pop("notes", [])
     write_report(out_dir, result)
     return result
 
@@ -502,16 +505,19 @@ def markdown(result: dict) -> str:
              f"{result['face_dilate']} px",
              f"- LPIPS: {result.get('lpips_variant') or 'not computed'}; audio features: "
              f"{result.get('audio_features') or 'n/a (no self-driven mode)'}",
-             f"- LMD: 20 mouth points, mean-centred, px at {LMD_SIZE}; sync AUC: our lip-sync expert "
-             f"(trained on {_trained_on(result)}), motion from the detected landmarks",
+             f"- LMD: 20 mouth points (68-layout 48-67 of the 478-point mesh), mean-centred, px at {LMD_SIZE}"
+             + ("" if not (result.get("landmarks") or {}).get("lipsync") else
+                f"; sync AUC: our lip-sync expert (trained on {_trained_on(result)}), motion from the detected "
+                "landmarks"),
              f"- device {result['device']}, {result['wall_s']:.1f} s; checkpoints: "
              + ", ".join(f"{k} `{v}`" for k, v in result["checkpoints"].items() if v), "",
              "| mode | " + " | ".join(header) + " |", "|---|" + "---|" * len(cols)]
     names = {"real": "real frames (detector reference)", **MODES}
     for r in rows:
         lines.append(f"| {names[r]} | " + " | ".join(_fmt(m.get(f"{r}/{k}")) for k, _ in cols) + " |")
-    if result.get("notes"):
-        lines += ["", "Notes:", *[f"- {n}" for n in result["notes"]]]
+    notes = [*result.get("notes", []), *(result.get("landmarks") or {}).get("notes", [])]
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -624,7 +630,7 @@ def evaluate(ds: SubjectDataset, models: Models, out_dir: Path | str, *, device:
     if landmarks and mediapipe_available():
         result = add_landmark_metrics(out_dir, ds, expert)
     else:
-        why = "not requested (landmarks=false)" if not landmarks else "mediapipe is not installed here"
+        why = "compute_landmarks=false" if not landmarks else "mediapipe is not installed here"
         notes.append(f"landmark metrics skipped ({why}): LMD, sample ground truth and lip-sync expert scores; add "
                      f"them on a machine with mediapipe: python evaluate.py landmarks={out_dir}")
         write_report(out_dir, result)
