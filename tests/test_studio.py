@@ -232,6 +232,34 @@ def test_discovery_ready_incomplete_and_thumbnail(tmp_path, fake_datasets):
     assert not subs["cat"].ready and "preprocess.py" in subs["cat"].problems[0]
 
 
+def test_thumbnails_built_by_several_page_loads_at_once(tmp_path, fake_datasets):
+    import cv2
+
+    runs = tmp_path / "outputs"
+    for n in ("ann", "bob"):
+        make_trained_subject(runs, n)
+        FakeDataset(fake_datasets / n)
+    thumbs = tmp_path / "thumbs"
+    results, errors = [], []
+
+    def load():
+        try:
+            results.append(discover_subjects(runs, fake_datasets, thumbs))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 6
+    assert all(s.thumbnail is not None for r in results for s in r)
+    assert sorted(p.name for p in thumbs.iterdir()) == ["ann.jpg", "bob.jpg"]  # no temporary files left
+    img = cv2.imread(str(thumbs / "ann.jpg"))
+    assert img.shape == (96, 128, 3) and img[..., 2].mean() > 150  # the red test frame, in BGR
+
+
 def test_head_only_subject_is_ready_with_notes(tmp_path, fake_datasets):
     runs = tmp_path / "outputs"
     make_trained_subject(runs, "dee", stages=("head",))

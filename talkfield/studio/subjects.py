@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,8 +119,12 @@ def _thumbnail(ds, dst: Path, size: int = 256) -> Path:
     if s < 1:
         img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.tmp.jpg")
-    if not cv2.imwrite(str(tmp), img, [cv2.IMWRITE_JPEG_QUALITY, 90]):
-        raise OSError(f"cannot write {tmp}")
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise OSError(f"cannot encode the thumbnail of {ds.root}")
+    # a unique temporary name: several page loads may build the same thumbnail at once
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.tobytes())
     os.replace(tmp, dst)
     return dst
