@@ -49,6 +49,7 @@ MODES = {"oracle": "motion-oracle", "self": "self-driven"}
 """Mode keys (metric prefixes) and their names in tables."""
 LMD_SIZE = 512
 """LMD is reported in pixels of a 512 x 512 frame (the field's convention)."""
+LPIPS_SKIPPED = "LPIPS skipped: its package is not installed here"
 RENDERS = "eval_renders"
 """Folder (in the eval output) of the rendered held-out frames: <mode>/<frame:06d>.png, lossless."""
 
@@ -232,7 +233,9 @@ def load_models(ds: SubjectDataset, *, head: Path | None, torso: Path | None, a2
     if a2m is not None:
         from lightning_modules.audio2motion import load_audio2motion
 
-        a2m_m = load_audio2motion(a2m, ds.name, ds.fingerprint, allow_generic=True, map_location=device)
+        # loaded on the CPU (its person statistics become numpy arrays), the network then moved to the device
+        a2m_m = load_audio2motion(a2m, ds.name, ds.fingerprint, allow_generic=True, map_location="cpu")
+        a2m_m.network.to(device)
         used["audio2motion"] = str(a2m)
     return Models(head_m, torso_m, a2m_m, used)
 
@@ -282,24 +285,31 @@ class HeldOut:
         return off[win], eye[win], off[self.frames]
 
     def self_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Audio of the held-out frames -> Audio2Motion -> post-processing (deterministic: temperature 0, no
-        synthetic blinks). Returns (windows [N,W,68,3], eye [N,W], motion [N,68,3])."""
-        from talkfield.inference import MEL_TAIL, Knobs, TalkingHeadPipeline, condition_window
+        """The held-out frames' own audio -> Audio2Motion -> post-processing, as inference does (temperature 0,
+        mouth_amp 1, LLE blend 0.2, no synthetic blinks), from the audio features preprocessing stored for these
+        frames (the model's kind; no feature extractor needed). Returns (windows [N,W,68,3], eye [N,W], motion [N,68,3])."""
+        from networks.audio2motion import postprocess, predict_motion
+        from talkfield.inference import condition_window
 
-        if self.models.a2m is None:
+        a2m = self.models.a2m
+        if a2m is None:
             raise ValueError("self-driven evaluation needs an Audio2Motion model")
-        pipe = TalkingHeadPipeline(self.ds, self.models.head, self.models.torso, self.models.a2m, self._person(),
-                                   self.device, self.models.checkpoints)
         a, n = int(self.frames[0]), len(self.frames)
         if not np.array_equal(self.frames, np.arange(a, a + n)):
             raise ValueError("self-driven evaluation needs consecutive frames")
-        wav = np.asarray(self.ds.array("audio"), np.float32)[a * SAMPLES_PER_FRAME:(a + n) * SAMPLES_PER_FRAME + MEL_TAIL]
-        off = pipe.motion(wav, Knobs(temperature=0.0, blink="none", seed=0))[:n]
-        if len(off) < n:
-            raise ValueError(f"the audio of frames {a}..{a + n - 1} gives only {len(off)} frames of motion")
+        if not self.ds.has(a2m.features):
+            raise ValueError(f"the Audio2Motion model reads {a2m.features!r} features; subject {self.ds.name!r} has "
+                             f"{self.ds.manifest.audio_features} (re-run preprocessing with them)")
+        rows = slice(2 * a, 2 * (a + n))
+        feats = np.asarray(self.ds.array(a2m.features), np.float32)[rows]
+        f0 = np.asarray(self.ds.array("f0"), np.float32)[rows]
+        stats = np.asarray(self.ds.array("motion_stats"), np.float32)
+        person = self._person()
+        off = predict_motion(a2m, feats, f0, temperature=0.0, mouth_amp=1.0, stats=stats, seed=0)[:n]
+        off = postprocess(off, person, lle_blend=0.2, blink="none", seed=0)
         win = condition_window(np.arange(n), self.window, n)
         motion = off[win]
-        return motion, pipe.person.eye_openness(motion), off
+        return motion, person.eye_openness(motion), off
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,6 +446,14 @@ def add_landmark_metrics(out_dir: Path | str, ds: SubjectDataset, expert=None) -
     driving = {m: np.load(out_dir / RENDERS / m / "motion.npy") for m in result["modes"]
                if (out_dir / RENDERS / m / "motion.npy").is_file()}
     metrics, details = landmark_metrics(ds, frames, renders, real, expert, driving)
+    if any(n.startswith(LPIPS_SKIPPED) for n in result.get("notes", [])):
+        from networks.perceptual import build_perceptual
+
+        net, result["lpips_variant"] = build_perceptual(result.get("lpips_net", "alex"), "auto")
+        for mode, imgs in renders.items():
+            metrics[f"{mode}/lpips"] = nanmean(image_metrics(to_float(imgs), to_float(real), torch.ones(
+                real.shape[:3], dtype=torch.bool), net)["lpips"])
+        result["notes"] = [n for n in result["notes"] if not n.startswith(LPIPS_SKIPPED)]
     result["metrics"].update(metrics)
     result["landmarks"] = details
     result["notes"] = [n for n in result.get("notes", []) if not n.startswith("landmark metrics skipped")]
@@ -592,14 +610,17 @@ def evaluate(ds: SubjectDataset, models: Models, out_dir: Path | str, *, device:
         "face_dilate": int(face_dilate), "checkpoints": models.checkpoints, "device": device_name(),
         "modes": [], "metrics": {}, "notes": notes,
         "audio_features": None if models.a2m is None else models.a2m.features,
-        "lpips_variant": None,
+        "lpips_variant": None, "lpips_net": lpips_net,
     }
     net = None
     if lpips_variant != "off":
         from networks.perceptual import build_perceptual
 
-        net, result["lpips_variant"] = build_perceptual(lpips_net, lpips_variant)
-        net = net.to(device)
+        try:
+            net, result["lpips_variant"] = build_perceptual(lpips_net, lpips_variant)
+            net = net.to(device)
+        except ImportError as err:  # a bare GPU machine: the CPU pass adds it from the saved renders
+            notes.append(f"{LPIPS_SKIPPED} ({err}); the landmarks= pass adds it from the saved renders")
     real, face = targets(ds, ts, held.size, real_frame, face_dilate)
     inputs = {"oracle": held.oracle_inputs}
     if models.a2m is not None:

@@ -105,9 +105,9 @@ def test_evaluate_refuses_another_subjects_checkpoint_and_a_missing_subject(tiny
     (other / "other" / "manifest.json").write_text(json.dumps(man))
     proc = _evaluate([f"subject.name=other", f"paths.data_dir={other}", f"head={tiny_head_ckpt}", "a2m=none",
                       "logger=none"], tmp_path)
-    assert proc.returncode == 2 and "belongs to subject 'tiny'" in proc.stderr
+    assert proc.returncode == 2 and "belongs to subject 'tiny'" in proc.stdout + proc.stderr
     proc = _evaluate([f"paths.data_dir={other}", f"head={tiny_head_ckpt}"], tmp_path)
-    assert proc.returncode == 2 and "subject.name=<name>" in proc.stderr
+    assert proc.returncode == 2 and "subject.name=<name>" in proc.stdout + proc.stderr
 
 
 def test_syncnet_lse_on_renders_with_a_saved_model(tiny_subject, tiny_head_ckpt, tmp_path):
@@ -130,7 +130,7 @@ def test_syncnet_lse_on_renders_with_a_saved_model(tiny_subject, tiny_head_ckpt,
     torch.save({"x": torch.zeros(1)}, bad)
     proc = _evaluate([f"subject.name={name}", f"paths.data_dir={data_dir}", f"head={tiny_head_ckpt}", "a2m=none",
                       f"syncnet={bad}", "logger=none"], tmp_path)
-    assert proc.returncode == 2 and "not a SyncNet" in proc.stderr
+    assert proc.returncode == 2 and "not a SyncNet" in proc.stdout + proc.stderr
 
 
 def test_run_study_trains_evaluates_and_collects_both_rows(tiny_subject, tmp_path):
