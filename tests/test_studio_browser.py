@@ -93,13 +93,13 @@ def status_text(page) -> str:
                                     return s.textContent.replace(/\s+/g, ' ').trim(); }""")
 
 
-def wait_status(page, *needles: str, timeout: float = 180.0, changed_from: str | None = None) -> str:
-    """Wait until the status line contains one of `needles` (and differs from `changed_from`); returns it."""
+def wait_status(page, *needles: str, timeout: float = 180.0) -> str:
+    """Wait until the status line contains one of `needles`; returns it."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
         text = status_text(page)
-        if any(n in text for n in needles) and text != changed_from:
+        if any(n in text for n in needles):
             return text
         time.sleep(0.2)
     raise AssertionError(f"status never showed {needles}; last: {text!r}")
@@ -119,6 +119,18 @@ def wait_video_plays(page, timeout_ms: int = 600_000) -> float:
                                               v.muted = true; await v.play(); return v.duration; }""")
     page.wait_for_function("() => document.querySelector('#video video').currentTime > 0", timeout=60_000)
     return float(duration)
+
+
+def video_src(page) -> str | None:
+    return page.evaluate("() => document.querySelector('#video video')?.src || null")
+
+
+def wait_new_video(page, old_src: str | None, timeout_ms: int = 180_000) -> str:
+    """Wait until the result video shows a different file than `old_src` (every job writes its own)."""
+    page.wait_for_function("""(old) => { const v = document.querySelector('#video video');
+                                         return v && v.src && v.src !== old; }""", arg=old_src,
+                           timeout=timeout_ms)
+    return video_src(page)
 
 
 def generate_text(page, text: str) -> None:
@@ -273,6 +285,14 @@ def test_studio_page_flows(fake_app, browser, tmp_path):
     assert http_status(src) == 200
     assert page.locator("#video a[download], #video button[aria-label*='ownload']").count() >= 1
 
+    # Mandarin text is spoken with the Mandarin voice (detected from the text)
+    old = video_src(page)
+    generate_text(page, "你好，欢迎来到演播室。")
+    wait_new_video(page, old)
+    assert "Done" in wait_status(page, "Done", "⚠️", "Failed")
+    latest = max(studio.queue._jobs.values(), key=lambda j: j.created)
+    assert latest.state == "done" and "text (zh," in latest.label, latest.label
+
     # uploaded speech: a corrupt file is refused, a real one renders
     from tests.test_studio_fakes import write_wav
 
@@ -285,9 +305,10 @@ def test_studio_page_flows(fake_app, browser, tmp_path):
     page.locator("#audio button[aria-label='Clear']").click()
     page.locator("#audio input[type=file]").set_input_files(str(write_wav(tmp_path / "take.wav", 1.2)))
     page.wait_for_selector("#audio a[data-testid='download-link'][href$='/take.wav']", state="attached")
-    before = status_text(page)
+    old = video_src(page)
     page.locator("#generate").click()
-    assert "Done" in wait_status(page, "Done", "⚠️", "Failed", changed_from=before)
+    wait_new_video(page, old)
+    assert "Done" in wait_status(page, "Done", "⚠️", "Failed")
     assert pipelines[-1].calls[-1]["audio"].name == "input.wav"
     page.get_by_label("Type text").check()
 
