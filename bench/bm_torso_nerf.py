@@ -10,7 +10,11 @@ A head run and a torso run do not fit one 10-minute device command, so the head 
     python bench/bm_torso_nerf.py --export-head HEAD_RUN_DIR --to OUTDIR/head_katie.ckpt
 
 writes the head's last checkpoint without optimizer state (float32; float16 only when float32 would exceed the
-15 MiB a returned file may have, and it says so). Runs with logger=csv (no wandb there); the side-by-side val video
+15 MiB a returned file may have, and it says so). The measurement behind the loss / SR defaults:
+
+    python bench/bm_torso_nerf.py --compare STEPS --data-dir D --subject S --head HEAD.ckpt --out OUTDIR [key=value ...]
+
+trains the variants in COMPARE (same seed, steps and overrides) and writes their val metrics as rows. Runs with logger=csv (no wandb there); the side-by-side val video
 needs PyAV (carry its wheel). Writes OUTDIR/curve.json, OUTDIR/results_rows.md (rows for bench/RESULTS.md), the
 last val video OUTDIR/val_video.mp4, OUTDIR/run_summary.json, and the run under OUTDIR/run/.
 """
@@ -35,6 +39,13 @@ VAL_KEYS = ("val/psnr", "val/psnr_neck", "val/psnr_render", "val/psnr_neck_rende
             "val/psnr_neck_head_over_plate", "val/psnr_head_over_real_torso", "val/psnr_neck_head_over_real_torso",
             "val/ssim")
 MAX_RETURN_BYTES = 15 * 2**20
+COMPARE = {
+    "torso loss only (GeneFace++)": ["model.loss.lambda_composite=0", "model.loss.lambda_composite_sr=0"],
+    "torso + composite (render size)": ["model.loss.lambda_composite_sr=0"],
+    "torso + composite (render + SR)": [],
+    "torso + composite (render + SR), SR fine-tuned": ["model.train_sr=true"],
+}
+"""Variants of the torso losses and SR training compared by --compare (the default config is the third)."""
 
 
 def export_head(run_dir: Path, dst: Path) -> Path:
@@ -61,6 +72,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--export-head", type=Path, help="export a head run's weights (with --to) and exit")
     ap.add_argument("--to", type=Path)
+    ap.add_argument("--compare", type=int, metavar="STEPS", help="train the COMPARE variants for STEPS steps each")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args()
     if args.export_head is not None:
@@ -78,10 +90,14 @@ def main() -> None:
     from talkfield.training import run
     from tests.helpers import compose_train
 
-    t = time.perf_counter()
-    backend.load()  # build or load the kernels before the clock starts
-    print(f"cuda_ext ready in {time.perf_counter() - t:.1f} s ({backend.loaded_from()})", flush=True)
+    if torch.cuda.is_available():
+        t = time.perf_counter()
+        backend.load()  # build or load the kernels before the clock starts
+        print(f"cuda_ext ready in {time.perf_counter() - t:.1f} s ({backend.loaded_from()})", flush=True)
     head = args.head if args.head == "latest" else str(Path(args.head).resolve())
+    if args.compare:
+        compare(args, head, out)
+        return
     overrides = ["experiment=torso_nerf", f"subject.name={args.subject}", "subject.synthetic=null",
                  f"paths.data_dir={Path(args.data_dir).resolve()}", f"model.init_from={head}", "logger=csv",
                  "trainer.max_steps=1000000", "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false",
@@ -125,6 +141,38 @@ def main() -> None:
     for row in state["curve"]:
         rows.append(f"| torso_nerf {args.subject} val/psnr at {row['wall_s']:.0f} s (step {row['step']}) | "
                     f"{row.get('val/psnr', float('nan')):.2f} | dB | {card} | {DATE} | `{cmd}` |")
+    (out / "results_rows.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+def compare(args, head: str, out: Path) -> None:
+    """Train each COMPARE variant for args.compare steps (validating at the end) and write their val metrics."""
+    from omegaconf import open_dict
+
+    from talkfield.training import device_name, run
+    from tests.helpers import compose_train
+
+    base = ["experiment=torso_nerf", f"subject.name={args.subject}", "subject.synthetic=null",
+            f"paths.data_dir={Path(args.data_dir).resolve()}", f"model.init_from={head}", "logger=csv",
+            f"trainer.max_steps={args.compare}", f"trainer.val_check_interval={args.compare}",
+            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.save_top_k=0", *args.overrides]
+    card = device_name()
+    cmd = (f"python bench/bm_torso_nerf.py --compare {args.compare} --subject {args.subject} --head <head ckpt> "
+           + " ".join(args.overrides)).strip()
+    rows, results = [], {}
+    for i, (name, extra) in enumerate(COMPARE.items()):
+        overrides = [*base, *extra]
+        cfg = compose_train(overrides, out)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out / f"variant{i}")
+        t = time.perf_counter()
+        m = run(cfg, overrides=overrides)
+        results[name] = {"wall_s": round(time.perf_counter() - t, 1), **{k: v for k, v in m.items() if k.startswith("val/")}}
+        print(name, json.dumps(results[name]), flush=True)
+        for k in ("val/psnr", "val/psnr_neck", "val/psnr_render", "val/psnr_head_over_real_torso"):
+            rows.append(f"| torso_nerf {args.subject} {args.compare} steps, {name}: {k} | {m[k]:.2f} | dB | {card} | "
+                        f"{DATE} | `{cmd}` |")
+    (out / "compare.json").write_text(json.dumps(results, indent=2))
     (out / "results_rows.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 

@@ -340,8 +340,14 @@ class TorsoNeRFModule(TalkFieldModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.hparams.val_video and self._val_frames and not self.trainer.sanity_checking:
-            frames = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in self._val_frames]
-            self.log_video("val/video", frames, fps=25)
+            import importlib.util
+
+            if importlib.util.find_spec("av") is None:
+                log.warning("PyAV is not installed: the side-by-side val video is not written (pip install av); "
+                            "the val images are")
+            else:
+                frames = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in self._val_frames]
+                self.log_video("val/video", frames, fps=25)
         self._val_frames = []
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
