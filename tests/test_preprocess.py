@@ -15,6 +15,7 @@ from talkfield import camera, landmarks as lmk, motion
 from talkfield.dataset import ARRAYS, LABELS, SubjectDataset, split_indices
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "WDA_KatieHill_000.mp4"
+CFG = {"segment": {"parallel_min_frames": 100}}  # 200 frames: the segment stage runs in 2 worker processes
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def katie(tmp_path_factory):
     pipeline.Pipeline.stage_segment = boom
     try:
         with pytest.raises(KeyboardInterrupt):
-            preprocess_video(REAL, "katie", data, show_progress=False)
+            preprocess_video(REAL, "katie", data, cfg=CFG, show_progress=False)
     finally:
         pipeline.Pipeline.stage_segment = orig
     work = data / "_work" / "katie"
@@ -40,7 +41,7 @@ def katie(tmp_path_factory):
     stages = work / ".stages"
     before = {p.stem: p.stat().st_mtime_ns for p in stages.glob("*.json")}
     assert set(before) == {"decode", "crop", "landmarks", "fit"}
-    out = preprocess_video(REAL, "katie", data, show_progress=False)
+    out = preprocess_video(REAL, "katie", data, cfg=CFG, show_progress=False)
     after = {p.stem: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
     return out, before, after
 
@@ -142,9 +143,9 @@ def test_rerun_skips_and_config_change_reruns_only_dependent_stages(katie, caplo
     out, _, after = katie
     data = out.parent
     mtime = (out / "manifest.json").stat().st_mtime_ns
-    assert preprocess_video(REAL, "katie", data, show_progress=False) == out
+    assert preprocess_video(REAL, "katie", data, cfg=CFG, show_progress=False) == out
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
-    out2 = preprocess_video(REAL, "katie", data, cfg={"audio": {"whisper": False}}, show_progress=False)
+    out2 = preprocess_video(REAL, "katie", data, cfg={**CFG, "audio": {"whisper": False}}, show_progress=False)
     now = {p.stem: p.stat().st_mtime_ns for p in (out2 / ".stages").glob("*.json")}
     for s in ("decode", "crop", "landmarks", "fit", "segment", "background"):
         assert now[s] == after[s], s
@@ -153,7 +154,7 @@ def test_rerun_skips_and_config_change_reruns_only_dependent_stages(katie, caplo
     assert not sub.has("whisper") and not (out2 / "whisper.npy").exists()
     assert sub.manifest.extra["audio"]["skipped"]["whisper"] == "preprocess.audio.whisper=false"
     with pytest.raises(KeyError, match="preprocess.audio.nope"):
-        preprocess_video(REAL, "katie", data, cfg={"audio": {"nope": 1}}, show_progress=False)
+        preprocess_video(REAL, "katie", data, cfg={**CFG, "audio": {"nope": 1}}, show_progress=False)
 
 
 def test_debug_video(katie):

@@ -41,11 +41,17 @@ DEFAULTS: dict[str, Any] = {
         "holdout_every": 5,      # every n-th frame is held out when choosing the count
         "smooth_pose": 10.0,     # weight of the temporal second-difference penalty on rotation/translation
         "smooth_scale_px": 0.1,  # accelerations (px) above this are penalised linearly (Charbonnier)
-        "smooth_exp": 0.0,       # same on expression coefficients (0 keeps lips and eyes responsive)
+        "exp_ridge": 1e-3,       # damping of the per-frame expression solve (relative to its curvature)
         "iters": 80,             # L-BFGS iterations of the joint fit
-        "focal": None,           # fixed focal length at `size` px (None: fitted)
+        "focal": None,           # fixed focal length at `size` px (None: chosen from focal_grid)
+        "focal_grid": [1.5, 3.0, 6.0],  # candidate focal lengths (x size) scored by reprojection
+        "reweight": 1,           # rounds of per-point re-weighting (1 / residual variance) of the pose fit
     },
-    "segment": {"threshold": 0.5},
+    "segment": {
+        "threshold": 0.5,        # selfie-segmentation probability counted as person
+        "workers": 2,            # processes for long videos (label maps + torso images)
+        "parallel_min_frames": 600,  # fewer frames than this run in-process (a worker costs ~3 s to start)
+    },
     "background": {"samples": 100, "margin_px": 10, "fill_blur_px": 8},
     "audio": {
         "denoise": False,        # spectral gating of the speech track before features

@@ -95,6 +95,105 @@ def _rotvec(R: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(R).as_rotvec()
 
 
+def _fit_pose_expression(P, canon, B, coeffs0, size, cfg, focal, iters):
+    """Phase A (pose, focal unless fixed, rigid mean-shape correction) then phase B (expression) on
+    landmarks P [T,478,3]. Returns (f, R head->camera [T,3,3], tau [T,3], mean shape [478,3], coeffs [T,K],
+    basis [K,478,3], held-out error per basis size)."""
+    import torch
+
+    T = len(P)
+    mean0 = canon.mean_shape
+    # initial pinhole camera from the weak-perspective Procrustes poses
+    cx = cy = size / 2.0
+    f0 = float(focal) if focal else 2.0 * size
+    Rc0 = np.swapaxes(canon.R, 1, 2)  # head -> image axes
+    s = canon.s  # head units per px
+    origin = np.einsum("tij,tj->ti", Rc0, -canon.t) / s[:, None]  # rigid centroid in image px
+    Z = f0 * s
+    tau0 = np.stack([(origin[:, 0] - cx) * Z / f0, (origin[:, 1] - cy) * Z / f0, Z], -1)
+
+    dt = torch.float64
+    rig = lmk.RIGID
+    obs_r = torch.tensor(P[:, rig, :2], dtype=dt)
+    mean_r = torch.tensor(mean0[rig], dtype=dt)
+    omega = torch.tensor(_rotvec(Rc0), dtype=dt, requires_grad=True)
+    tau = torch.tensor(tau0, dtype=dt, requires_grad=True)
+    logf = torch.tensor(np.log(f0), dtype=dt, requires_grad=not focal)
+    dmean = torch.zeros_like(mean_r, requires_grad=True)
+    wr = torch.ones(len(rig), dtype=dt)  # per-point weights (re-estimated from the residuals)
+    params = [omega, tau, dmean] + ([logf] if logf.requires_grad else [])
+    lam_pose = float(cfg["smooth_pose"])
+    charb = float(cfg["smooth_scale_px"])
+    centre = torch.tensor([cx, cy], dtype=dt)
+
+    def d2(x):
+        return x[2:] - 2 * x[1:-1] + x[:-2] if len(x) > 2 else x[:0]
+
+    # phase A: pose, focal length and the rigid part of the mean shape, jointly, on the rigid points
+    def loss_fn():
+        R = _rodrigues(omega)
+        C = torch.einsum("tij,nj->tni", R, mean_r + dmean) + tau[:, None]
+        f = logf.exp()
+        uv = f * C[..., :2] / C[..., 2:3].clamp_min(1e-6) + centre
+        data = (((uv - obs_r) ** 2).sum(-1) * wr).mean()
+        px_per_unit = (f / tau[:, 2].detach()).mean()
+        # second differences in image pixels (rotation at one head unit, translation at the head's depth);
+        # a Charbonnier (smooth L1) penalty removes jitter but lets real sharp head moves through
+        acc = torch.cat([d2(omega), d2(tau[:, :2]), 0.3 * d2(tau[:, 2:])], -1) * px_per_unit
+        smooth = lam_pose * (torch.sqrt(acc.pow(2) + charb ** 2) - charb).sum() / T
+        reg = (px_per_unit ** 2) * dmean.pow(2).mean()
+        return data + smooth + reg
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    for rnd in range(1 + int(cfg["reweight"])):
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=int(iters), history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+        opt.step(closure)
+        if rnd < int(cfg["reweight"]):
+            with torch.no_grad():
+                R = _rodrigues(omega)
+                C = torch.einsum("tij,nj->tni", R, mean_r + dmean) + tau[:, None]
+                uv = logf.exp() * C[..., :2] / C[..., 2:3] + centre
+                var = ((uv - obs_r) ** 2).sum(-1).mean(0)  # [n] mean squared residual per point
+                wr = var.mean() / var.clamp_min(1e-3 * var.mean())
+                wr = wr / wr.mean()
+
+    with torch.no_grad():
+        f = float(logf.exp())
+        R_c = _rodrigues(omega).numpy()
+        tau_np = tau.numpy().copy()
+    mean_fit = mean0.copy()
+    mean_fit[rig] += dmean.detach().numpy()
+    # phase B: with the poses fixed, back-project the detections onto their camera rays (depth from the current
+    # model) into the head frame; the non-rigid mean shape and the basis are re-estimated there (least squares
+    # = mean + PCA), then each frame's coefficients are refined on the 2D error (Gauss-Newton)
+    X = mean_fit + np.einsum("tk,knd->tnd", coeffs0, B)
+    C = np.einsum("tij,tnj->tni", R_c, X) + tau_np[:, None]
+    z = C[..., 2:3]
+    C_obs = np.concatenate([(P[..., :2] - np.array([cx, cy])) * z / f, z], -1)
+    X_obs = np.einsum("tji,tnj->tni", R_c, C_obs - tau_np[:, None])
+    nonrig = np.setdiff1d(np.arange(lmk.NUM_MESH), rig)
+    mean_fit[nonrig] = X_obs[:, nonrig].mean(0)
+    X_obs[:, rig] = mean_fit[rig]
+    B, coef0, errs = expression_basis(X_obs, mean_fit, cfg["max_components"], cfg["holdout_every"])
+    B[:, rig] = 0.0
+    coef_np = fit_expression(P[..., :2], R_c, tau_np, f, (cx, cy), mean_fit, B, coef0,
+                             ridge=float(cfg["exp_ridge"]))
+    return f, R_c, tau_np, mean_fit, coef_np, B, errs
+
+
+def _reprojection(P, f, R, tau, mean, B, coef, size):
+    X = mean + np.einsum("tk,knd->tnd", coef, B)
+    C = np.einsum("tij,tnj->tni", R, X) + tau[:, None]
+    uv = f * C[..., :2] / C[..., 2:3] + size / 2.0
+    return np.linalg.norm(uv - P[..., :2], axis=-1)
+
+
 def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
     """Fit pose, focal length, mean shape and expression to tracked landmarks.
 
@@ -113,75 +212,22 @@ def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
     # move them too doubled the rotation error on the synthetic sample: 1.7 -> 1.9 deg median at smooth_pose 3)
     B = B.copy()
     B[:, lmk.RIGID] = 0.0
-    K = len(B)
 
-    # initial pinhole camera from the weak-perspective Procrustes poses
     cx = cy = size / 2.0
-    f0 = float(cfg["focal"]) if cfg.get("focal") else 2.0 * size
-    Rc0 = np.swapaxes(canon.R, 1, 2)  # head -> image axes
-    s = canon.s  # head units per px
-    origin = np.einsum("tij,tj->ti", Rc0, -canon.t) / s[:, None]  # rigid centroid in image px
-    Z = f0 * s
-    tau0 = np.stack([(origin[:, 0] - cx) * Z / f0, (origin[:, 1] - cy) * Z / f0, Z], -1)
-
-    dt = torch.float64
-    obs = torch.tensor(P[..., :2], dtype=dt)
-    w = torch.ones(lmk.NUM_MESH, dtype=dt)
-    w[lmk.RIGID] = 2.0
-    mean_t = torch.tensor(mean0, dtype=dt)
-    B_t = torch.tensor(B, dtype=dt)
-    omega = torch.tensor(_rotvec(Rc0), dtype=dt, requires_grad=True)
-    tau = torch.tensor(tau0, dtype=dt, requires_grad=True)
-    logf = torch.tensor(np.log(f0), dtype=dt, requires_grad=not cfg.get("focal"))
-    dmean = torch.zeros_like(mean_t, requires_grad=True)
-    coef = torch.tensor(coeffs0, dtype=dt, requires_grad=True)
-    params = [omega, tau, dmean, coef] + ([logf] if logf.requires_grad else [])
-    lam_pose = float(cfg["smooth_pose"])
-    lam_exp = float(cfg["smooth_exp"])
-    charb = float(cfg["smooth_scale_px"])
-
-    def d2(x):
-        return x[2:] - 2 * x[1:-1] + x[:-2] if len(x) > 2 else x[:0]
-
-    def project(omega, tau, logf, dmean, coef):
-        X = mean_t + dmean + torch.einsum("tk,knd->tnd", coef, B_t)
-        R = _rodrigues(omega)
-        C = torch.einsum("tij,tnj->tni", R, X) + tau[:, None]
-        f = logf.exp()
-        uv = f * C[..., :2] / C[..., 2:3].clamp_min(1e-6) + torch.tensor([cx, cy], dtype=dt)
-        return uv, C
-
-    def loss_fn():
-        uv, C = project(omega, tau, logf, dmean, coef)
-        data = ((uv - obs) ** 2).sum(-1)
-        data = (data * w).sum() / (w.sum() * T)
-        px_per_unit = (logf.exp() / tau[:, 2].detach()).mean()
-        # second differences in image pixels (rotation at one head unit, translation at the head's depth);
-        # a Charbonnier (smooth L1) penalty removes jitter but lets real sharp head moves through
-        acc = torch.cat([d2(omega), d2(tau[:, :2]), 0.3 * d2(tau[:, 2:])], -1) * px_per_unit
-        smooth = lam_pose * (torch.sqrt(acc.pow(2) + charb ** 2) - charb).sum() / T
-        reg = (px_per_unit ** 2) * dmean.pow(2).mean()
-        if lam_exp > 0:
-            reg = reg + lam_exp * (px_per_unit ** 2) * d2(coef).pow(2).sum() / T
-        return data + smooth + reg
-
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=int(cfg["iters"]), history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-
-    with torch.no_grad():
-        f = float(logf.exp())
-        R_c = _rodrigues(omega).numpy()
-        tau_np = tau.numpy().copy()
-        mean_fit = (mean_t + dmean).numpy()
-        coef_np = coef.numpy().copy()
+    focal = cfg.get("focal")
+    f_scores = {}
+    if not focal:
+        # the focal length is weakly observable from landmarks (depth and rotation trade off), so it is chosen
+        # by the reprojection error (all 478 points, after the expression fit) over a grid, on a frame subset
+        sub = np.arange(0, T, max(1, int(np.ceil(T / 120))))
+        csub = motion.CanonicalFit(canon.mean_shape, canon.s[sub], canon.R[sub], canon.t[sub], canon.canonical[sub])
+        for mult in cfg["focal_grid"]:
+            fr = _fit_pose_expression(P[sub], csub, B, coeffs0[sub], size, cfg, mult * size, max(20, cfg["iters"] // 2))
+            f_scores[float(mult * size)] = float(np.mean(_reprojection(P[sub], fr[0], fr[1], fr[2], fr[3], fr[5],
+                                                                       fr[4], size) ** 2))
+        focal = min(f_scores, key=f_scores.get)
+    f, R_c, tau_np, mean_fit, coef_np, B, errs = _fit_pose_expression(P, canon, B, coeffs0, size, cfg, focal, cfg["iters"])
+    K = len(B)
     # reset the gauge: the fitted mean shape becomes exactly canonical
     mean_new, sg, Rg, tg = motion.normalize_shape(mean_fit)
     B_new = sg * np.einsum("knj,ij->kni", B, Rg)
@@ -202,6 +248,7 @@ def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
     rig_uv = uv[:, lmk.RIGID]
     jitter = float(np.abs(rig_uv[2:] - 2 * rig_uv[1:-1] + rig_uv[:-2]).mean()) if T > 2 else 0.0
     info = {"components": K, "holdout_rms": [None if not np.isfinite(e) else float(e) for e in errs],
+            "focal_grid_mse_px2": f_scores,
             "focal_px": f, "reproj_median_px": float(np.median(err)), "reproj_p95_px": float(np.percentile(err, 95)),
             "rigid_jitter_px": jitter, "eye_quantiles": [q03, q97]}
     log.info("fit: %d expression components, focal %.0f px, reprojection median %.2f px, rigid jitter %.3f px",
@@ -212,6 +259,39 @@ def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
         "eye_ratio": ratio, "eye_open": motion.eye_openness(ratio, q03, q97),
         "face_rect": face_rects(lms2d, size), "lip_rect": lip_rects(lms2d, size), "info": info,
     }
+
+
+def fit_expression(obs: np.ndarray, R: np.ndarray, tau: np.ndarray, f: float, c: tuple[float, float],
+                   mean: np.ndarray, B: np.ndarray, coef0: np.ndarray, ridge: float = 1e-3, iters: int = 3,
+                   chunk: int = 256) -> np.ndarray:
+    """Expression coefficients [T,K] minimising the 2D reprojection error for fixed poses (Gauss-Newton).
+
+    obs [T,478,2] px, R [T,3,3] / tau [T,3] head-to-camera, f focal (px), c principal point, mean [478,3],
+    B [K,478,3], coef0 [T,K] start. ridge: damping relative to the mean diagonal of J^T J.
+    """
+    T, K = coef0.shape
+    out = coef0.copy()
+    Bf = B.reshape(K, -1, 3)
+    for a in range(0, T, chunk):
+        sl = slice(a, min(T, a + chunk))
+        Rk, tk, ob, cf = R[sl], tau[sl], obs[sl], out[sl].copy()
+        RB = np.einsum("tij,knj->tkni", Rk, Bf)  # [t,K,N,3] camera-frame basis
+        for _ in range(iters):
+            X = mean + np.einsum("tk,knd->tnd", cf, Bf)
+            C = np.einsum("tij,tnj->tni", Rk, X) + tk[:, None]
+            z = C[..., 2]
+            uv = f * C[..., :2] / z[..., None] + np.asarray(c)
+            r = (uv - ob).reshape(len(cf), -1)  # [t, 2N]
+            # d(u,v)/dC = f/z [[1,0,-x/z],[0,1,-y/z]]
+            ju = f / z[:, None] * (RB[..., 0] - RB[..., 2] * (C[:, None, :, 0] / z[:, None]))
+            jv = f / z[:, None] * (RB[..., 1] - RB[..., 2] * (C[:, None, :, 1] / z[:, None]))
+            J = np.stack([ju, jv], -1).reshape(len(cf), K, -1)  # [t,K,2N]
+            H = J @ np.swapaxes(J, 1, 2)
+            lam = ridge * np.trace(H, axis1=1, axis2=2)[:, None, None] / K
+            g = J @ r[..., None]
+            cf = cf - np.linalg.solve(H + lam * np.eye(K), g)[..., 0]
+        out[sl] = cf
+    return out
 
 
 def face_rects(lms2d: np.ndarray, size: int) -> np.ndarray:

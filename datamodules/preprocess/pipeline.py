@@ -158,26 +158,23 @@ class Pipeline:
         return res["info"]
 
     def stage_segment(self, T: int) -> dict:
-        lms2d = np.load(self.root / "lms2d.npy")
         for d in ("masks", "torso"):
             remove_tree(self.root / d)
             (self.root / d).mkdir(parents=True)
-        seg = segment.PersonSegmenter()
-        thr = self.cfg["segment"]["threshold"]
-        q = self.cfg["output"]["torso_quality"]
-        import cv2
+        c = self.cfg["segment"]
+        args = (str(self.root), c["threshold"], self.cfg["output"]["torso_quality"])
+        workers = int(c["workers"]) if T >= int(c["parallel_min_frames"]) else 1
+        if workers <= 1:
+            counts = _segment_range(*args, 0, T, self.show)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        counts = np.zeros(len(ds.LABELS), np.int64)
-        try:
-            for t in progress(range(T), total=T, desc="segment", enable=self.show):
-                img = crop.read_frame(self.root / "frames", t)
-                lab = segment.label_map(seg(img) > thr, lms2d[t])
-                counts += np.bincount(lab.reshape(-1), minlength=len(ds.LABELS))
-                _imwrite(self.root / "masks" / f"{t:06d}.png", lab, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-                rgba = background.torso_rgba(img, lab, lms2d[t])
-                _imwrite(self.root / "torso" / f"{t:06d}.webp", rgba, [cv2.IMWRITE_WEBP_QUALITY, int(q)])
-        finally:
-            seg.close()
+            bounds = np.linspace(0, T, workers + 1).round().astype(int)
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+                futs = [ex.submit(_segment_range, *args, int(a), int(b), self.show and k == 0)
+                        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+                counts = sum(f.result() for f in futs)
         frac = counts / counts.sum()
         return {"label_fractions": {k: float(frac[v]) for k, v in ds.LABELS.items()}}
 
@@ -323,6 +320,28 @@ class Pipeline:
         log.info("subject %r written to %s (T=%d frames, features: %s)", self.name, self.final, T,
                  ", ".join(man.audio_features))
         return self.final
+
+
+def _segment_range(root: str, thr: float, quality: int, a: int, b: int, show: bool) -> np.ndarray:
+    """Label maps and torso images of frames a..b-1 (a worker of the segment stage). Returns label counts."""
+    import cv2
+
+    root = Path(root)
+    lms2d = np.load(root / "lms2d.npy", mmap_mode="r")
+    seg = segment.PersonSegmenter()
+    counts = np.zeros(len(ds.LABELS), np.int64)
+    try:
+        for t in progress(range(a, b), total=b - a, desc="segment", enable=show):
+            img = crop.read_frame(root / "frames", t)
+            pts = np.asarray(lms2d[t])
+            lab = segment.label_map(seg(img) > thr, pts)
+            counts += np.bincount(lab.reshape(-1), minlength=len(ds.LABELS))
+            _imwrite(root / "masks" / f"{t:06d}.png", lab, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            rgba = background.torso_rgba(img, lab, pts)
+            _imwrite(root / "torso" / f"{t:06d}.webp", rgba, [cv2.IMWRITE_WEBP_QUALITY, int(quality)])
+    finally:
+        seg.close()
+    return counts
 
 
 def _rmdir_if_empty(p: Path) -> None:
