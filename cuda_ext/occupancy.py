@@ -60,10 +60,13 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], jitter: bool = True, dilate: bool = True,
-               generator: Optional[torch.Generator] = None, chunk: int = 1 << 18) -> None:
+               generator: Optional[torch.Generator] = None, chunk: int = 1 << 18,
+               reduce_fn: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """Query ``density_fn`` (xyz [K, 3] -> sigma [K]) at every cell centre (jittered by up to half a cell
         when ``jitter``), take the 6-neighbour max (``dilate``), set grid = max(decay * grid, new) on cells
-        that cameras see, then threshold at min(mean density, density_thresh) and repack the bitfield."""
+        that cameras see, then threshold at min(mean density, density_thresh) and repack the bitfield.
+        ``reduce_fn`` (new [R^3] -> [R^3]) combines the new densities across data-parallel ranks (e.g. an
+        all-reduce max) so every rank keeps an identical grid."""
         dev = self.density_grid.device
         n = self.density_grid.numel()
         new = torch.empty(n, dtype=torch.float32, device=dev)
@@ -78,6 +81,8 @@ class OccupancyGrid(nn.Module):
             new[start:start + codes.numel()] = sig.reshape(-1).float()
         if dilate:
             new = morton3d_dilation(new)
+        if reduce_fn is not None:
+            new = reduce_fn(new)
         valid = self.density_grid >= 0
         self.density_grid.copy_(torch.where(valid, torch.maximum(self.density_grid * self.decay, new),
                                             self.density_grid))

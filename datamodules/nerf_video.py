@@ -156,7 +156,9 @@ class NerfVideoDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
         n = len(self.train_idx) if self.train_frames is None else max(1, min(int(self.train_frames), len(self.train_idx)))
-        stream = StepStream(n, self._train_item, seed=self.seed, start=start)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        # under DDP each rank renders its own whole frame per step: the global batch is `world` frames
+        stream = StepStream(n, self._train_item, seed=self.seed, start=start, rank=rank, world_size=world)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

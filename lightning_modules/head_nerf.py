@@ -184,7 +184,8 @@ class HeadNeRFModule(TalkFieldModule):
                 and (hp.grid_update_stop is None or step <= hp.grid_update_stop)):
             c = cond.detach()
             self.renderer.update_grid(lambda x: self.field.density(x, c),
-                                      generator=_step_generator(seed + 1, step, self.device))
+                                      generator=_step_generator(seed + 1, step, self.device),
+                                      reduce_fn=all_reduce_max if self.trainer.world_size > 1 else None)
             self.log("train/occupied", self.renderer.grid.occupied_fraction())
         r = self.render_size
         code = self.field.codes(batch["frame"].reshape(1))
@@ -289,6 +290,14 @@ class HeadNeRFModule(TalkFieldModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
                                                    "interval": "step"}}
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over data-parallel ranks (in place; every rank gets the same tensor)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

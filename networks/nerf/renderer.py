@@ -81,10 +81,12 @@ class VolumeRenderer(nn.Module):
 
     @torch.no_grad()
     def update_grid(self, density_fn: Callable[[torch.Tensor], torch.Tensor],
-                    generator: torch.Generator | None = None) -> None:
-        """One occupancy update (jittered cell centres, 6-neighbour dilation, decayed max) with `density_fn`."""
+                    generator: torch.Generator | None = None,
+                    reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """One occupancy update (jittered cell centres, 6-neighbour dilation, decayed max) with `density_fn`;
+        `reduce_fn` combines the new densities across data-parallel ranks (identical grids everywhere)."""
         with cuda_ext.backend(self.backend):
-            self.grid.update(density_fn, jitter=True, dilate=True, generator=generator)
+            self.grid.update(density_fn, jitter=True, dilate=True, generator=generator, reduce_fn=reduce_fn)
 
     @torch.no_grad()
     def mark_unseen(self, poses: torch.Tensor, K: torch.Tensor, size: int) -> None:
