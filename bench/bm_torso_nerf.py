@@ -3,7 +3,7 @@ for a fixed wall-time budget counted from the first optimizer step (data loading
 load excluded) and record the full-frame val PSNR against the REAL frames (motion oracle), the neck-band PSNR, the
 head-over-plate and head-over-real-torso references, the PSNR-vs-wall-time curve and iterations/s.
 
-    python bench/bm_torso_nerf.py --data-dir data --subject katie --head HEAD.ckpt --minutes 10 --out OUTDIR [key=value ...]
+    python bench/bm_torso_nerf.py --data-dir data --subject katie --head HEAD.ckpt --minutes 7 --out OUTDIR [k=v ...]
 
 A head run and a torso run do not fit one 10-minute device command, so the head travels weights-only:
 
@@ -14,7 +14,8 @@ writes the head's last checkpoint without optimizer state (float32; float16 only
 
     python bench/bm_torso_nerf.py --compare STEPS --data-dir D --subject S --head HEAD.ckpt --out OUTDIR [key=value ...]
 
-trains the variants in COMPARE (same seed, steps and overrides) and writes their val metrics as rows. Runs with logger=csv (no wandb there); the side-by-side val video
+trains the variants in COMPARE (same seed, steps and overrides) and writes their val metrics as rows.
+Runs with logger=csv (no wandb there); the side-by-side val video
 needs PyAV (carry its wheel). Writes OUTDIR/curve.json, OUTDIR/results_rows.md (rows for bench/RESULTS.md), the
 last val video OUTDIR/val_video.mp4, OUTDIR/run_summary.json, and the run under OUTDIR/run/.
 """
@@ -167,7 +168,8 @@ def compare(args, head: str, out: Path) -> None:
             cfg.paths.output_dir = str(out / f"variant{i}")
         t = time.perf_counter()
         m = run(cfg, overrides=overrides)
-        results[name] = {"wall_s": round(time.perf_counter() - t, 1), **{k: v for k, v in m.items() if k.startswith("val/")}}
+        results[name] = {"wall_s": round(time.perf_counter() - t, 1),
+                         **{k: v for k, v in m.items() if k.startswith("val/")}}
         print(name, json.dumps(results[name]), flush=True)
         for k in ("val/psnr", "val/psnr_neck", "val/psnr_render", "val/psnr_head_over_real_torso"):
             rows.append(f"| torso_nerf {args.subject} {args.compare} steps, {name}: {k} | {m[k]:.2f} | dB | {card} | "

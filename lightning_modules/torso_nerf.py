@@ -38,7 +38,7 @@ INIT_FROM_HELP = ("model.init_from takes the head to build on: a head checkpoint
 
 LOSS_DEFAULTS: dict[str, Any] = {
     "photometric": "mse",      # mse | l1 | huber
-    "lambda_torso": 1.0,       # torso over the plate vs the torso target (the frame's torso over the plate), render size
+    "lambda_torso": 1.0,       # torso over the plate vs the frame's own torso over the plate, render size
     "lambda_composite": 1.0,   # head over torso over plate vs the real frame, render size
     "lambda_composite_sr": 1.0,  # SR(composite) vs the real frame at 2 x render size (through the SR, frozen or not)
     "lambda_entropy": 1.0e-4,  # torso alpha entropy
@@ -210,7 +210,8 @@ class TorsoNeRFModule(TalkFieldModule):
         return {"alpha": alpha, "rgb": rgb, "dx": dx, "mask": mask}
 
     @staticmethod
-    def composite(head: torch.Tensor, torso: dict[str, torch.Tensor], plate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def composite(head: torch.Tensor, torso: dict[str, torch.Tensor],
+                  plate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """head [H, W, 4] (premultiplied rgb + alpha), torso alpha/rgb, plate [H, W, 3] ->
         (torso over plate [H, W, 3], head over that [H, W, 3])."""
         H, W = head.shape[:2]
@@ -271,7 +272,8 @@ class TorsoNeRFModule(TalkFieldModule):
         cond = self.torso_condition(batch["c2w"], batch["K"], batch["motion"], batch["frame"], r)
         if step >= hp.grid_warmup_steps and (step - hp.grid_warmup_steps) % hp.grid_update_interval == 0:
             c = cond.detach()
-            self.occupancy.update(lambda xy: self.field.alpha(xy, c), _step_generator(int(hp.seed) + 1, step, self.device))
+            gen = _step_generator(int(hp.seed) + 1, step, self.device)
+            self.occupancy.update(lambda xy: self.field.alpha(xy, c), gen)
         torso = self.render_torso(cond, head, r, use_mask=step >= hp.grid_warmup_steps)
         torso_img, final = self.composite(head, torso, self.plate)
         lam = self.loss_weights(step)
@@ -333,7 +335,8 @@ class TorsoNeRFModule(TalkFieldModule):
             a = F.interpolate(torso["alpha"].reshape(1, 1, r, r), scale_factor=2, mode="nearest")[0, 0]
             band = real_sr * (0.35 + 0.65 * neck_sr[..., None].float())
             self.log_images(f"val/frame{batch_idx}",
-                            [np.concatenate([to8(real_sr), to8(sr), to8(a[..., None].expand(-1, -1, 3)), to8(band)], 1)],
+                            [np.concatenate([to8(real_sr), to8(sr), to8(a[..., None].expand(-1, -1, 3)), to8(band)],
+                                            1)],
                             captions=[f"frame {int(batch['frame'])}: real | ours (SR) | torso alpha | neck band"])
         if self.hparams.val_video:
             self._val_frames.append(np.concatenate([to8(real_sr), to8(sr)], 1))

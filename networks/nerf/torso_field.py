@@ -136,7 +136,8 @@ class ImageOccupancy(nn.Module):
 
     def __init__(self, resolution: int = 128, decay: float = 0.95, threshold: float = 0.01, dilation: int = 5):
         super().__init__()
-        self.resolution, self.decay, self.threshold, self.dilation = int(resolution), float(decay), float(threshold), int(dilation)
+        self.resolution, self.decay = int(resolution), float(decay)
+        self.threshold, self.dilation = float(threshold), int(dilation)
         self.register_buffer("grid", torch.zeros(self.resolution, self.resolution))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -149,7 +150,8 @@ class ImageOccupancy(nn.Module):
         return xy
 
     @torch.no_grad()
-    def update(self, alpha_fn: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None = None) -> None:
+    def update(self, alpha_fn: Callable[[torch.Tensor], torch.Tensor],
+               generator: torch.Generator | None = None) -> None:
         """One update with alpha_fn(xy [M, 2]) -> alpha [M]."""
         R = self.resolution
         new = alpha_fn(self.cell_centres(True, generator)).float().reshape(1, 1, R, R)
