@@ -187,3 +187,27 @@ def test_audio_aligned_from_stream_start_and_vfr(tmp_path, real_frames):
         t = i / 25
         k = int(np.searchsorted(times, t + 1e-6) - 1)  # the source frame on screen at t
         assert abs(float(out[i][..., 0].mean()) - 4 * k) <= 3, (i, k)
+
+
+def test_rotation_metadata_is_honoured(tmp_path):
+    """A display matrix of 90 degrees counter-clockwise (PyAV's convention, as FFmpeg's autorotate applies it)
+    turns a 64x32 landscape frame into a 32x64 portrait one with its top-left corner at the bottom-left."""
+    import av
+
+    p = tmp_path / "rot.mp4"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        for _ in range(10):
+            img = np.zeros((32, 64, 3), np.uint8)
+            img[:8, :8] = (255, 0, 0)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    info = decode.probe(p)
+    assert (info.width, info.height, info.rotation) == (32, 64, 270)
+    _, img = next(decode.iter_frames(p, info=info))
+    assert img.shape == (64, 32, 3)
+    assert img[-6:, :6, 0].mean() > 200 and img[:6, :6, 0].mean() < 30
