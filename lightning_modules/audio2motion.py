@@ -2,7 +2,7 @@
 
 Losses (each logged as train/loss_<name>, weight as train/lambda_<name>): motion (region-weighted MSE through the
 posterior), prior (the same through the prior at temperature 0: what inference outputs), lms (lip/eye landmark
-error in head units), vel (velocity match), smooth (temporal Laplacian), kl (cyclic annealing), sync (a frozen
+error in head units), vel (velocity match), mouth (L1 on mouth opening and lip width), smooth (temporal Laplacian), kl (cyclic annealing), sync (a frozen
 lip-sync expert, optional). Validation decodes each val sequence at temperature 0 with eyes open and mouth
 amplitude 1 (the inference defaults) and reports val/lmd (mean lip-point distance, head units), val/mouth_r and
 val/lip_width_r (Pearson r with the tracked mouth opening / width).
@@ -41,7 +41,8 @@ class Audio2MotionModule(TalkFieldModule):
 
     def __init__(self, network: Audio2MotionVAE, optimizer: Callable[..., torch.optim.Optimizer],
                  audio_features: str = "mel", lambda_motion: float = 1.0, lambda_prior: float = 1.0,
-                 lambda_lms: float = 0.5, lambda_vel: float = 0.5, lambda_smooth: float = 0.05,
+                 lambda_lms: float = 0.5, lambda_vel: float = 0.5, lambda_mouth: float = 1.0,
+                 lambda_smooth: float = 0.05,
                  lambda_sync: float = 0.2, kl_max: float = 0.02, kl_period: int = 4000, kl_ramp: int = 2000,
                  region_lips: float = 5.0, region_eyes: float = 3.0, region_jaw: float = 1.0,
                  region_other: float = 1.0, warmup_steps: int = 200, lr_decay_steps: int = 100000,
@@ -65,6 +66,9 @@ class Audio2MotionModule(TalkFieldModule):
             if self.expert.feat_dim != network.feat_dim:
                 raise ValueError(f"model.sync_expert={sync_expert} uses {self.expert.feat_dim}-channel features, "
                                  f"this model {network.feat_dim}: train the expert with the same audio_features")
+            if getattr(self.expert, "mel_norm", "level") != getattr(network, "mel_norm", "level"):
+                raise ValueError(f"model.sync_expert={sync_expert} was trained on mel_norm={self.expert.mel_norm}, "
+                                 f"this model uses {network.mel_norm}: train the expert with the same setting")
             self.expert_trained_on = self.expert.trained_on
             for p in self.expert.parameters():
                 p.requires_grad_(False)
@@ -105,11 +109,13 @@ class Audio2MotionModule(TalkFieldModule):
             "lms": 0.5 * (L.landmark_loss(out["x_rec"], x, batch["scale"], self.lms_weights)
                           + L.landmark_loss(out["x_prior"], x, batch["scale"], self.lms_weights)),
             "vel": L.velocity_loss(out["x_prior"], x, w),
+            "mouth": 0.5 * sum(L.mouth_loss(out[k], x, batch["scale"], batch["mean"], batch["gap_base"],
+                                            batch["width_base"], batch["amp_std"]) for k in ("x_rec", "x_prior")),
             "smooth": L.laplacian_loss(out["x_rec"]),
             "kl": out["kl"],
         }
         lambdas = {"motion": self.hparams.lambda_motion, "prior": self.hparams.lambda_prior,
-                   "lms": self.hparams.lambda_lms, "vel": self.hparams.lambda_vel,
+                   "lms": self.hparams.lambda_lms, "vel": self.hparams.lambda_vel, "mouth": self.hparams.lambda_mouth,
                    "smooth": self.hparams.lambda_smooth,
                    "kl": kl_weight(self.global_step, self.hparams.kl_max, self.hparams.kl_period, self.hparams.kl_ramp)}
         if self.expert is not None:

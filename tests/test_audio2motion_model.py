@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from networks.audio2motion import Audio2Motion, PersonMotion, predict_motion
-from networks.audio2motion.features import PITCH_BINS, coarse_pitch, prepare_features
+from networks.audio2motion.features import PITCH_BINS, coarse_pitch, mel_band_stats, prepare_features
 from networks.audio2motion.postprocess import (apply_blinks, blink_schedule, clamp_to_quantiles, closed_eye_pose,
                                                gaussian_smooth, lle_project, lle_weights, postprocess)
 from networks.audio2motion.vae import Audio2MotionVAE, denormalize_motion, kl_weight, normalize_motion
@@ -98,6 +98,13 @@ def test_feature_preparation_is_gain_invariant_and_pitch_speaker_normalised():
     assert int(low.max()) < PITCH_BINS and bool((low[f0[0] <= 0] == 0).all())
     with pytest.raises(ValueError, match="384"):
         prepare_features(feats[0], "whisper")
+    # band mode: gain and a steady per-band background level do not change the condition
+    band = prepare_features(feats[0], "mel", mode="band")
+    tilt = torch.linspace(-1, 1, 80)
+    assert torch.allclose(prepare_features(feats[0] + 0.7 + tilt, "mel", mode="band"), band, atol=1e-4)
+    assert float(band.quantile(0.05)) < 0.05 and float(band.median()) > 0.2
+    ref = mel_band_stats(feats[0] + 0.7)
+    assert torch.allclose(prepare_features(feats[0] + 0.7, "mel", ref, mode="band"), band, atol=1e-4)
 
 
 def test_person_normalisation_round_trip_and_kl_schedule():

@@ -45,7 +45,7 @@ def test_training_logs_every_term_and_its_weight(tiny_a2m_ckpt):
 
     rows = list(csv.DictReader(open(tiny_a2m_ckpt.parents[1] / "csv" / "metrics.csv")))
     keys = set(rows[0])
-    for term in ("motion", "prior", "lms", "vel", "smooth", "kl"):
+    for term in ("motion", "prior", "lms", "vel", "mouth", "smooth", "kl"):
         assert f"train/loss_{term}" in keys and f"train/lambda_{term}" in keys
     assert {"val/lmd", "val/mouth_r", "val/lip_width_r"} <= keys
 
@@ -91,3 +91,24 @@ def test_missing_feature_kind_is_named(tiny_subject, tmp_path):
     with pytest.raises(DatasetError, match="no 'hubert' audio features"):
         run_stage([*A2M_TINY, *subject_overrides(tiny_subject), "audio_features=hubert", "trainer.max_steps=1"],
                   tmp_path)
+
+
+def test_inserted_pauses_are_quiet_unvoiced_and_end_in_the_rest_pose(tiny_subject):
+    from datamodules.audio2motion import Audio2MotionDataModule
+
+    data_dir, name = tiny_subject
+    dm = Audio2MotionDataModule(str(data_dir), [name], window=32, batch_size=4, pause_aug=1.0, pause_frames=(12, 12),
+                                mel_norm="band", seed=3)
+    dm.setup()
+    plain = Audio2MotionDataModule(str(data_dir), [name], window=32, batch_size=4, pause_aug=0.0, mel_norm="band",
+                                   seed=3)
+    plain.setup()
+    clip = dm.clips[0]
+    b = dm._batch(0, 5)
+    for i in range(4):
+        assert int((b["f0"][i] == 0).sum()) >= 24  # the pause's 24 pitch rows are unvoiced
+        at_rest = (b["motion"][i] - clip.rest).abs().amax(-1) < 1e-5
+        assert at_rest.sum() >= 12 - 2 * 2  # the pause interior (ramps of 3 frames at each edge)
+    assert b["features"].shape == plain._batch(0, 5)["features"].shape
+    loud = clip.features.mean(-1)
+    assert float(clip.features[clip.quiet_rows].mean(-1).mean()) < float(loud.median())

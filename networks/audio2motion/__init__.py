@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from networks.audio2motion.features import (FEATURE_DIMS, coarse_pitch, extract_conditions, median_f0, mel_level,
-                                            prepare_features)
+from networks.audio2motion.features import (FEATURE_DIMS, coarse_pitch, extract_conditions, median_f0, mel_band_stats,
+                                            mel_level, prepare_features)
 from networks.audio2motion.postprocess import (PersonMotion, blink_schedule, clamp_to_quantiles, lip_width68,
                                                lle_project, lle_weights, mouth_opening68, postprocess, smooth_motion)
 from networks.audio2motion.syncnet import LipSyncExpert
@@ -62,8 +62,10 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
     person's usual mouth amplitude (>1 wider, <1 smaller); blink: [T] 0/1 blink flags (None: eyes open);
     stats: the person's [4,204] statistics (required for a generic model, else the model's own person);
     chunk_frames: run in chunks of this many frames with `network.receptive_field()` frames of context each
-    side (same output as one pass at temperature 0; for streaming); mel_ref / f0_ref: the recording's loud-frame
-    mel level and median f0 (default: measured on the given features; pass running values when streaming).
+    side (same output as one pass at temperature 0; for streaming); mel_ref: for a network with mel_norm 'band'
+    the [2,80] `mel_band_stats` of what was heard (a scalar is ignored there), for 'level' the loud-frame level
+    (`mel_level`); f0_ref: the speaker's median f0. Default: measured on the given features; when streaming,
+    pass running values.
     """
     net = model.network
     kind = model.features
@@ -80,7 +82,7 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
     T = len(feats) // 2
     if T < 1 or len(f0t) < 2 * T:
         raise ValueError(f"need 2T feature rows and 2T f0 rows; got {len(feats)} and {len(f0t)}")
-    feats = prepare_features(feats[: 2 * T], kind, mel_ref)
+    feats = prepare_features(feats[: 2 * T], kind, mel_ref, getattr(net, "mel_norm", "level"))
     f0t = f0t[: 2 * T]
     f0_ref = median_f0(f0t) if f0_ref is None else f0_ref
     flags = torch.zeros(T, dtype=torch.long) if blink is None else torch.as_tensor(np.asarray(blink)).long()[:T]
@@ -105,7 +107,7 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
 
 __all__ = [
     "Audio2Motion", "Audio2MotionVAE", "LipSyncExpert", "PersonMotion", "predict_motion", "postprocess",
-    "extract_conditions", "prepare_features", "coarse_pitch", "mel_level", "median_f0", "lle_project", "lle_weights",
+    "extract_conditions", "prepare_features", "mel_band_stats", "coarse_pitch", "mel_level", "median_f0", "lle_project", "lle_weights",
     "clamp_to_quantiles", "blink_schedule", "smooth_motion", "mouth_opening68", "lip_width68", "normalize_motion",
     "denormalize_motion", "person_norm", "FEATURE_DIMS",
 ]

@@ -3,8 +3,11 @@
 The raw features come from `talkfield.audio` (log_mel / whisper_features / hubert_features, 50 Hz, frame t owns
 rows 2t and 2t+1). Here they are only made comparable across recordings:
 
-- mel: gain normalisation (subtract the recording's loud-frame level, floor the noise at -`MEL_FLOOR` decades),
-  so a louder or quieter microphone gives the same condition; silence looks the same everywhere.
+- mel, mode 'band' (the default of configs/model/audio2motion.yaml): per band, the recording's noise floor (5th
+  percentile) maps to 0 and its loud level (95th percentile) to 1, so gain, a steady background and the
+  distance between speech and pauses are the same for every recording (a noisy 8 s video, a clean news read);
+- mel, mode 'level': gain normalisation only (subtract the recording's loud-frame level, floor the noise at
+  -`MEL_FLOOR` decades); kept for checkpoints trained with it (the network stores its mode).
 - whisper / hubert: unchanged (the network standardises every kind per channel with training statistics).
 - pitch: semitones relative to the speaker's median voiced f0, quantised to `PITCH_BINS` bins (bin 0 =
   unvoiced), so a high and a low voice give the same contour (speaker-normalised "coarse pitch").
@@ -33,11 +36,23 @@ def mel_level(mel: torch.Tensor | np.ndarray, q: float = 0.95) -> float:
     return float(torch.quantile(m.mean(-1), q))
 
 
-def prepare_features(features: torch.Tensor, kind: str, ref: float | None = None) -> torch.Tensor:
+def mel_band_stats(mel: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-band noise floor and loud level of a log-mel recording [A,80]: [2,80] (5th and 95th percentiles)."""
+    m = np.asarray(mel.detach().cpu() if isinstance(mel, torch.Tensor) else mel, np.float64)
+    return np.quantile(m, [0.05, 0.95], axis=0).astype(np.float32)
+
+
+BAND_MIN_SPAN = 0.5
+"""Smallest floor-to-loud span of a band (decades) in mode 'band' (bands without speech energy stay near 0)."""
+
+
+def prepare_features(features: torch.Tensor, kind: str, ref=None, mode: str = "level") -> torch.Tensor:
     """Make raw 50 Hz features of one kind comparable across recordings. features: [A,C] or [B,A,C] float32.
 
-    mel: x - level (level = `mel_level` of each recording unless `ref` is given), floored at -MEL_FLOOR.
-    whisper / hubert: returned as float32.
+    mel, mode 'level': x - level (level = `mel_level` of each recording unless `ref`, a float, is given), floored at
+    -MEL_FLOOR. mel, mode 'band': (x - floor_b) / max(loud_b - floor_b, BAND_MIN_SPAN) per band, clipped to
+    [-0.5, 1.5]; floor/loud from `ref` ([2,C], `mel_band_stats` of what was heard) or measured on `features`
+    (a scalar `ref` is ignored in this mode). whisper / hubert: returned as float32.
     """
     if kind not in FEATURE_DIMS:
         raise ValueError(f"audio feature kind {kind!r}: one of {sorted(FEATURE_DIMS)}")
@@ -46,6 +61,16 @@ def prepare_features(features: torch.Tensor, kind: str, ref: float | None = None
         raise ValueError(f"{kind} features must have {FEATURE_DIMS[kind]} channels, got shape {tuple(x.shape)}")
     if kind != "mel":
         return x
+    if mode == "band":
+        if ref is not None and np.ndim(ref) == 2:
+            st = torch.as_tensor(np.asarray(ref), dtype=x.dtype)
+            lo, hi = st[0], st[1]
+        else:
+            q = torch.quantile(x, torch.tensor([0.05, 0.95], dtype=x.dtype), dim=-2)  # [2,...,C]
+            lo, hi = q[0].unsqueeze(-2), q[1].unsqueeze(-2)
+        return ((x - lo) / (hi - lo).clamp_min(BAND_MIN_SPAN)).clamp(-0.5, 1.5)
+    if mode != "level":
+        raise ValueError(f"mel normalisation mode {mode!r}: 'band' or 'level'")
     if ref is None:
         level = torch.quantile(x.mean(-1), 0.95, dim=-1, keepdim=True)[..., None]  # [...,1,1]
     else:

@@ -44,6 +44,30 @@ def laplacian_loss(pred: torch.Tensor) -> torch.Tensor:
     return ((pred[:, 2:] - 2 * pred[:, 1:-1] + pred[:, :-2]) ** 2).mean()
 
 
+def mouth_measures(z: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, gap_base: torch.Tensor,
+                   width_base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mouth opening and lip width (head units, as `postprocess.mouth_opening68` / `lip_width68`) of normalised
+    motion z [B,T,204]; scale / mean [B,204] the person's normalisation; gap_base / width_base [B,3] the mean-shape
+    vectors between the inner-lip midpoints and between the mouth corners. Returns (opening, width) [B,T]."""
+    from networks.audio2motion.postprocess import INNER_LIP_MID68, MOUTH_CORNERS68
+
+    B, T = z.shape[:2]
+    off = (z * scale[:, None] + mean[:, None]).reshape(B, T, 68, 3)
+    (u, lo), (c1, c2) = INNER_LIP_MID68, MOUTH_CORNERS68
+    gap = (gap_base[:, None] + off[:, :, lo] - off[:, :, u]).norm(dim=-1)
+    width = (width_base[:, None] + off[:, :, c2] - off[:, :, c1]).norm(dim=-1)
+    return gap, width
+
+
+def mouth_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
+               gap_base: torch.Tensor, width_base: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """L1 on mouth opening and lip width (head units) divided by the person's opening std norm [B]: the
+    quantities the lip-sync numbers are measured on, with a median-seeking loss (sharper closures than MSE)."""
+    gp, wp = mouth_measures(pred, scale, mean, gap_base, width_base)
+    gt, wt = mouth_measures(target, scale, mean, gap_base, width_base)
+    return (((gp - gt).abs() + (wp - wt).abs()) / norm[:, None]).mean()
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of two series [T] (0 when either is constant)."""
     a = a.double() - a.double().mean()

@@ -206,15 +206,17 @@ class Audio2MotionVAE(nn.Module):
 
     feat_dim: channels of the audio feature kind (80 mel, 384 whisper, 1024 hubert); hidden: width of the
     condition and WaveNets; latent: channels of z; stride: temporal stride of the latent (T must be a multiple);
-    enc_layers / dec_layers: WaveNet depths; flow_*: the prior's couplings.
+    enc_layers / dec_layers: WaveNet depths; flow_*: the prior's couplings; mel_norm: how mel features are
+    made comparable across recordings ('band' or 'level', `features.prepare_features`; part of the model).
     """
 
     def __init__(self, feat_dim: int = 80, hidden: int = 192, latent: int = 16, stride: int = 4, kernel: int = 5,
                  cond_layers: int = 3, enc_layers: int = 8, dec_layers: int = 4, dec_dilation: int = 1,
                  flow_hidden: int = 64, flow_layers: int = 4, n_flows: int = 4, dropout: float = 0.1,
-                 motion_dim: int = MOTION_DIM):
+                 motion_dim: int = MOTION_DIM, mel_norm: str = "level"):
         super().__init__()
         self.feat_dim, self.hidden, self.latent, self.stride, self.motion_dim = feat_dim, hidden, latent, stride, motion_dim
+        self.mel_norm = mel_norm
         s = stride
         self.cond = CondEncoder(feat_dim, hidden, layers=cond_layers, kernel=kernel, dropout=dropout)
         self.g_down = nn.Conv1d(hidden, hidden, 2 * s, stride=s, padding=s // 2)
