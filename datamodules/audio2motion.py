@@ -88,7 +88,8 @@ def load_clip(data_dir: Path | str, name: str, kind: str, blink_threshold: float
     (u, lo), (c1, c2) = INNER_LIP_MID68, MOUTH_CORNERS68
     mouth_base = torch.from_numpy(np.stack([ms68[lo] - ms68[u], ms68[c2] - ms68[c1]]).astype(np.float32))
     return Clip(
-        name=name, fingerprint=ds.fingerprint, mouth_base=mouth_base, features=prepare_features(feats, kind, mode=mel_norm), f0=f0,
+        name=name, fingerprint=ds.fingerprint, mouth_base=mouth_base,
+        features=prepare_features(feats, kind, mode=mel_norm), f0=f0,
         motion=motion, rest=motion[a:b][torch.from_numpy(closed)].mean(0), quiet_rows=quiet,
         blink=torch.from_numpy((eye_open < blink_threshold).astype(np.int64)),
         opening=torch.from_numpy(opening.astype(np.float32)), scale=person_norm(stats)[1], stats=stats,
@@ -129,14 +130,15 @@ class Audio2MotionDataModule(LightningDataModule):
     stride: the model's temporal stride (crops and val sequences are multiples of it); mel_norm: 'band' | 'level'
     (`networks.audio2motion.features.prepare_features`, the model's own); pause_aug: probability that a crop gets
     an inserted pause (pause_frames = (min, max) frames): its audio rows are replaced by the recording's quietest
-    rows, pitch by unvoiced, and the motion eases (3 frames) into the person's closed-mouth rest pose. A prior
-    for pauses that a short video cannot teach (the mouth closes when speech stops)."""
+    rows raised by U(0, pause_jitter) (prepared-feature units: another recording's background sits a little above
+    its floor), pitch by unvoiced, and the motion eases (3 frames) into the person's closed-mouth rest pose. A
+    prior for pauses that a short video cannot teach (the mouth closes when speech stops)."""
 
     def __init__(self, data_dir: str, subjects: list[str] | None = None, corpus: bool = False,
                  features: str = "mel", window: int = 64, batch_size: int = 16, mouth_amp_drop: float = 0.5,
                  blink_threshold: float = 0.35, seed: int = 0, num_workers: int = 0, needs_subject: bool = True,
                  stride: int = 4, mel_norm: str = "level", pause_aug: float = 0.0,
-                 pause_frames: tuple[int, int] = (6, 25)):
+                 pause_frames: tuple[int, int] = (6, 25), pause_jitter: float = 0.0):
         super().__init__()
         if features not in FEATURE_DIMS:
             raise ValueError(f"data.features={features!r}: one of {sorted(FEATURE_DIMS)} (audio_features=...)")
@@ -146,6 +148,7 @@ class Audio2MotionDataModule(LightningDataModule):
         self.window, self.batch_size, self.mouth_amp_drop = window, batch_size, mouth_amp_drop
         self.blink_threshold, self.seed, self.num_workers, self.stride = blink_threshold, seed, num_workers, stride
         self.mel_norm, self.pause_aug, self.pause_frames = mel_norm, pause_aug, tuple(pause_frames)
+        self.pause_jitter = pause_jitter
         self.clips: list[Clip] = []
 
     # ---------------------------------------------------------------------------------------------------------
@@ -209,7 +212,8 @@ class Audio2MotionDataModule(LightningDataModule):
         s = int(torch.randint(0, self.window - n + 1, (1,), generator=g))
         rows = clip.quiet_rows[torch.randint(0, len(clip.quiet_rows), (2 * n,), generator=g)]
         feats, f0, motion = item["features"].clone(), item["f0"].clone(), item["motion"].clone()
-        feats[2 * s: 2 * (s + n)] = clip.features[rows]
+        lift = float(torch.rand(1, generator=g)) * self.pause_jitter
+        feats[2 * s: 2 * (s + n)] = clip.features[rows] + lift
         f0[2 * s: 2 * (s + n)] = 0.0
         t = torch.arange(self.window, dtype=torch.float32)
         ramp = 3.0

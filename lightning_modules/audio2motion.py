@@ -1,11 +1,11 @@
 """audio2motion: train the pitch-aware VAE (speech -> person-normalised motion) on one subject or a corpus.
 
 Losses (each logged as train/loss_<name>, weight as train/lambda_<name>): motion (region-weighted MSE through the
-posterior), prior (the same through the prior at temperature 0: what inference outputs), lms (lip/eye landmark
-error in head units), vel (velocity match), mouth (L1 on mouth opening and lip width), smooth (temporal Laplacian), kl (cyclic annealing), sync (a frozen
-lip-sync expert, optional). Validation decodes each val sequence at temperature 0 with eyes open and mouth
-amplitude 1 (the inference defaults) and reports val/lmd (mean lip-point distance, head units), val/mouth_r and
-val/lip_width_r (Pearson r with the tracked mouth opening / width).
+posterior), prior (the same through the prior at temperature 0: what inference outputs), lms (lip/eye landmark error
+in head units), vel (velocity match), mouth (L1 on mouth opening and lip width), smooth (temporal Laplacian), kl
+(cyclic annealing), sync (a frozen lip-sync expert, optional). Validation decodes each val sequence at temperature 0
+with eyes open and mouth amplitude 1 (the inference defaults) and reports val/lmd (mean lip-point distance, head
+units), val/mouth_r and val/lip_width_r (Pearson r with the tracked mouth opening / width).
 """
 
 from __future__ import annotations

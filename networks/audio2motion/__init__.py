@@ -75,8 +75,8 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
                              "[4,204] motion_stats>")
         stats = model.person.stats
     dev = next(net.parameters()).device
-    feats = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    f0t = torch.as_tensor(np.asarray(f0), dtype=torch.float32)
+    feats = torch.as_tensor(np.array(features, np.float32))
+    f0t = torch.as_tensor(np.array(f0, np.float32))
     if feats.ndim != 2 or feats.shape[1] != FEATURE_DIMS[kind]:
         raise ValueError(f"features must be [2T,{FEATURE_DIMS[kind]}] ({kind}); got {tuple(feats.shape)}")
     T = len(feats) // 2
@@ -107,7 +107,7 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
 
 __all__ = [
     "Audio2Motion", "Audio2MotionVAE", "LipSyncExpert", "PersonMotion", "predict_motion", "postprocess",
-    "extract_conditions", "prepare_features", "mel_band_stats", "coarse_pitch", "mel_level", "median_f0", "lle_project", "lle_weights",
-    "clamp_to_quantiles", "blink_schedule", "smooth_motion", "mouth_opening68", "lip_width68", "normalize_motion",
-    "denormalize_motion", "person_norm", "FEATURE_DIMS",
+    "extract_conditions", "prepare_features", "mel_band_stats", "coarse_pitch", "mel_level", "median_f0",
+    "lle_project", "lle_weights", "clamp_to_quantiles", "blink_schedule", "smooth_motion", "mouth_opening68",
+    "lip_width68", "normalize_motion", "denormalize_motion", "person_norm", "FEATURE_DIMS",
 ]

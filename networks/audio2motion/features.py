@@ -107,7 +107,8 @@ def coarse_pitch(f0: torch.Tensor, ref: float | torch.Tensor | None = None) -> t
     return torch.where(voiced, b, torch.zeros_like(b))
 
 
-def extract_conditions(wav: np.ndarray, kind: str = "mel", hubert_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def extract_conditions(wav: np.ndarray, kind: str = "mel",
+                       hubert_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Audio conditions of a speech track exactly as preprocessing stores them (the extractors of
     `talkfield.audio`): wav [S] float32 16 kHz -> (features [2T,C], f0 [2T]) with T = S // 640 frames."""
     from talkfield import audio as A

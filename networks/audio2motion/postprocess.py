@@ -85,7 +85,8 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     t = np.arange(-r, r + 1)
     kern = np.exp(-0.5 * (t / sigma) ** 2)
     kern /= kern.sum()
-    pad = np.pad(np.asarray(x, np.float64), [(r, r)] + [(0, 0)] * (x.ndim - 1), mode="reflect" if len(x) > r else "edge")
+    mode = "reflect" if len(x) > r else "edge"
+    pad = np.pad(np.asarray(x, np.float64), [(r, r)] + [(0, 0)] * (x.ndim - 1), mode=mode)
     out = np.zeros_like(np.asarray(x, np.float64))
     for i, kv in enumerate(kern):
         out += kv * pad[i:i + len(x)]

@@ -32,7 +32,8 @@ def _tower(cin: int, hidden: int, embed: int, layers: int) -> nn.Sequential:
 
 class LipSyncExpert(nn.Module):
     """feat_dim: audio feature channels; window: frames per window (audio gets 2 x window rows at 50 Hz);
-    hidden / embed: tower width and embedding size; mel_norm: the mel preparation it was trained with. Inputs: audio [B,2W,C] prepared features (standardised here
+    hidden / embed: tower width and embedding size; mel_norm: the mel preparation it was trained with.
+    Inputs: audio [B,2W,C] prepared features (standardised here
     with the buffers feat_mean/feat_std), motion [B,W,204] person-normalised (only MOUTH_DIMS are used)."""
 
     def __init__(self, feat_dim: int = 80, window: int = 9, hidden: int = 128, embed: int = 64, layers: int = 3,

@@ -31,7 +31,7 @@ SCALE_FLOOR = 0.2
 
 def person_norm(stats: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean [204], scale [204]) from the person's motion statistics [4,204] (rows mean, std, q03, q97)."""
-    s = torch.as_tensor(np.asarray(stats) if not isinstance(stats, torch.Tensor) else stats).float()
+    s = torch.as_tensor(np.array(stats, np.float32) if not isinstance(stats, torch.Tensor) else stats).float()
     std = s[1]
     scale = torch.maximum(std, SCALE_FLOOR * std.median().clamp_min(1e-6))
     return s[0], scale
@@ -75,7 +75,8 @@ class WaveNet(nn.Module):
         self.dilations = [dilation_rate ** i for i in range(layers)]
         self.kernel = kernel
         for i, d in enumerate(self.dilations):
-            self.ins.append(weight_norm(nn.Conv1d(hidden, 2 * hidden, kernel, dilation=d, padding=d * (kernel - 1) // 2)))
+            pad = d * (kernel - 1) // 2
+            self.ins.append(weight_norm(nn.Conv1d(hidden, 2 * hidden, kernel, dilation=d, padding=pad)))
             out = 2 * hidden if i < layers - 1 else hidden
             self.res_skip.append(weight_norm(nn.Conv1d(hidden, out, 1)))
 
@@ -215,7 +216,8 @@ class Audio2MotionVAE(nn.Module):
                  flow_hidden: int = 64, flow_layers: int = 4, n_flows: int = 4, dropout: float = 0.1,
                  motion_dim: int = MOTION_DIM, mel_norm: str = "level"):
         super().__init__()
-        self.feat_dim, self.hidden, self.latent, self.stride, self.motion_dim = feat_dim, hidden, latent, stride, motion_dim
+        self.feat_dim, self.hidden, self.latent, self.stride = feat_dim, hidden, latent, stride
+        self.motion_dim = motion_dim
         self.mel_norm = mel_norm
         s = stride
         self.cond = CondEncoder(feat_dim, hidden, layers=cond_layers, kernel=kernel, dropout=dropout)
