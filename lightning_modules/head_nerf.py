@@ -28,7 +28,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "lambda_rgb_sr": 1.0,
     "lambda_entropy": 1.0e-4,  # alpha entropy
     "ambient": {"mode": "adaptive", "reg": "mae", "value": 1.0, "ramp_steps": 0,
-                "target": 1.0e-8, "rate": 1.0e-3, "min": 1.0e-4, "max": 1.0e3},
+                "target": 1.0e-8, "rate": 3.0e-5, "min": 1.0e-4, "max": 1.0e3},
     "lambda_lpips": 0.0,       # perceptual loss on the render and the SR image (0: off)
     "lpips_lip": 0.5,          # extra perceptual term on the lip crop of the SR image, relative to lambda_lpips
     "lpips_start_step": 0,
