@@ -127,7 +127,7 @@ def main() -> None:
                      ("sample rotation error of predicting no motion, median", round(e["rot_still_median_deg"], 3), "deg"),
                      ("sample rotation: no-motion error / our error (medians)", round(e["rot_ratio"], 2), "x"),
                      ("sample landmark reprojection median (vs true 2D landmarks)", round(e["reproj_median_px"], 3), "px"),
-                     ("sample rigid-point jitter, mean |2nd difference|", round(e["jitter_px"], 3), "px"),
+                     ("sample rigid-point jitter, mean abs 2nd difference", round(e["jitter_px"], 3), "px"),
                      ("sample rigid-point jitter of the ground truth itself", round(e["jitter_gt_px"], 3), "px"),
                      ("sample lip-opening lag (mouth opening vs truth)", e["lip_lag_frames"], "frames"),
                      ("sample blink F1 (+-2 frames)", round(e["blink_f1"], 3), "-"),

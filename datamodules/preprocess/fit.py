@@ -41,6 +41,15 @@ def _tangent_basis(shape: np.ndarray) -> np.ndarray:
     return q.T
 
 
+def _principal_axes(D: np.ndarray) -> np.ndarray:
+    """Right singular vectors of D [n,d] (rows of the result, by decreasing singular value), from the
+    eigen-decomposition of D^T D (a matrix product and a d x d eigh: much faster than an SVD for n >> d)."""
+    if len(D) < D.shape[1]:
+        return np.linalg.svd(D, full_matrices=False)[2]
+    w, V = np.linalg.eigh(D.T @ D)
+    return V[:, ::-1].T
+
+
 def expression_basis(canonical: np.ndarray, mean_shape: np.ndarray, max_k: int, holdout_every: int):
     """PCA expression basis chosen by held-out-frame error.
 
@@ -53,7 +62,7 @@ def expression_basis(canonical: np.ndarray, mean_shape: np.ndarray, max_k: int, 
     D = D - (D @ G.T) @ G
     hold = np.arange(T) % holdout_every == holdout_every // 2 if T >= 2 * holdout_every else np.zeros(T, bool)
     train = ~hold
-    _, _, Vt = np.linalg.svd(D[train] - 0.0, full_matrices=False)
+    Vt = _principal_axes(D[train])
     max_k = int(min(max_k, Vt.shape[0], max(1, train.sum() - 1)))
     errs = np.full(max_k + 1, np.nan)
     if hold.any():
@@ -69,8 +78,7 @@ def expression_basis(canonical: np.ndarray, mean_shape: np.ndarray, max_k: int, 
         K = int(np.nanargmin(errs[1:]) + 1)
     else:
         K = max_k
-    _, _, Vt = np.linalg.svd(D, full_matrices=False)
-    V = Vt[:K]
+    V = _principal_axes(D)[:K]
     coeffs = D @ V.T
     return V.reshape(K, N, 3), coeffs, errs
 
@@ -219,7 +227,7 @@ def fit_camera(lms2d: np.ndarray, size: int, cfg: dict) -> dict:
     if not focal:
         # the focal length is weakly observable from landmarks (depth and rotation trade off), so it is chosen
         # by the reprojection error (all 478 points, after the expression fit) over a grid, on a frame subset
-        sub = np.arange(0, T, max(1, int(np.ceil(T / 120))))
+        sub = np.arange(0, T, max(1, int(np.ceil(T / 250))))
         csub = motion.CanonicalFit(canon.mean_shape, canon.s[sub], canon.R[sub], canon.t[sub], canon.canonical[sub])
         for mult in cfg["focal_grid"]:
             fr = _fit_pose_expression(P[sub], csub, B, coeffs0[sub], size, cfg, mult * size, max(20, cfg["iters"] // 2))
@@ -271,10 +279,14 @@ def fit_expression(obs: np.ndarray, R: np.ndarray, tau: np.ndarray, f: float, c:
     """
     T, K = coef0.shape
     out = coef0.copy()
-    Bf = B.reshape(K, -1, 3)
+    Bf = B.reshape(K, -1, 3).astype(np.float32)
+    mean = mean.astype(np.float32)
+    obs = obs.astype(np.float32)
+    R = R.astype(np.float32)
+    tau = tau.astype(np.float32)
     for a in range(0, T, chunk):
         sl = slice(a, min(T, a + chunk))
-        Rk, tk, ob, cf = R[sl], tau[sl], obs[sl], out[sl].copy()
+        Rk, tk, ob, cf = R[sl], tau[sl], obs[sl], out[sl].astype(np.float32)
         RB = np.einsum("tij,knj->tkni", Rk, Bf)  # [t,K,N,3] camera-frame basis
         for _ in range(iters):
             X = mean + np.einsum("tk,knd->tnd", cf, Bf)
@@ -286,10 +298,10 @@ def fit_expression(obs: np.ndarray, R: np.ndarray, tau: np.ndarray, f: float, c:
             ju = f / z[:, None] * (RB[..., 0] - RB[..., 2] * (C[:, None, :, 0] / z[:, None]))
             jv = f / z[:, None] * (RB[..., 1] - RB[..., 2] * (C[:, None, :, 1] / z[:, None]))
             J = np.stack([ju, jv], -1).reshape(len(cf), K, -1)  # [t,K,2N]
-            H = J @ np.swapaxes(J, 1, 2)
+            H = (J @ np.swapaxes(J, 1, 2)).astype(np.float64)
             lam = ridge * np.trace(H, axis1=1, axis2=2)[:, None, None] / K
-            g = J @ r[..., None]
-            cf = cf - np.linalg.solve(H + lam * np.eye(K), g)[..., 0]
+            g = (J @ r[..., None]).astype(np.float64)
+            cf = (cf - np.linalg.solve(H + lam * np.eye(K), g)[..., 0]).astype(np.float32)
         out[sl] = cf
     return out
 
