@@ -309,7 +309,7 @@ def mandarin_figures(work: Path, ck: Path) -> dict:
 
 def record(res: dict, card: str) -> None:
     rows = []
-    cmd = "`python bench/bm_audio2motion.py --record`"
+    cmd = "`python bench/bm_audio2motion.py " + " ".join(sys.argv[1:]) + "`"
     s = res.get("synthetic")
     if s:
         rows += [("a2m synthetic held-out mouth-opening r (post-processed)", s["post_mouth_r"], "r"),

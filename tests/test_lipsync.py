@@ -78,8 +78,8 @@ def test_lipsync_stage_names_its_training_data_and_serves_as_a2m_loss(tiny_subje
     from networks.audio2motion.vae import normalize_motion
 
     a, b = ds.manifest.split["val"]
-    feats = prepare_features(torch.from_numpy(np.asarray(ds.array("mel"))[2 * a:2 * b]), "mel")
-    mot = normalize_motion(torch.from_numpy(np.asarray(ds.array("offsets"))[a:b]), np.asarray(ds.array("motion_stats")))
+    feats = prepare_features(torch.from_numpy(np.array(ds.array("mel"))[2 * a:2 * b]), "mel", mode=expert.mel_norm)
+    mot = normalize_motion(torch.from_numpy(np.array(ds.array("offsets"))[a:b]), np.array(ds.array("motion_stats")))
     res = sync_auc(expert, [(feats, mot)], shifts=(-3, 3), data=f"{name} val split")
     assert res["expert_trained_on"][0]["fingerprint"] == ds.fingerprint and 0 <= res["auc"] <= 1
     # a checkpoint that does not say what it was trained on is refused

@@ -29,6 +29,10 @@ from networks.audio2motion.syncnet import LipSyncExpert
 from networks.audio2motion.vae import Audio2MotionVAE, denormalize_motion, normalize_motion, person_norm
 
 
+EDGE_FRAMES = 16
+"""Frames of held first/last frame added at each end of a recording before prediction (a multiple of 4)."""
+
+
 @dataclass
 class Audio2Motion:
     """A loaded model: network (eval mode), features (the audio feature kind it was trained on), person (the
@@ -61,7 +65,8 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
     f0: [2T] Hz; temperature: scale of the prior noise (0 = the prior's mode, deterministic); mouth_amp: 1 = the
     person's usual mouth amplitude (>1 wider, <1 smaller); blink: [T] 0/1 blink flags (None: eyes open);
     stats: the person's [4,204] statistics (required for a generic model, else the model's own person);
-    chunk_frames: run in chunks of this many frames with `network.receptive_field()` frames of context each
+    The recording is extended by EDGE_FRAMES held first/last frames at each end. chunk_frames: run in chunks of
+    this many frames with `network.receptive_field()` frames of context each
     side (same output as one pass at temperature 0; for streaming); mel_ref: for a network with mel_norm 'band'
     the [2,80] `mel_band_stats` of what was heard (a scalar is ignored there), for 'level' the loud-frame level
     (`mel_level`); f0_ref: the speaker's median f0. Default: measured on the given features; when streaming,
@@ -87,6 +92,13 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
     f0_ref = median_f0(f0t) if f0_ref is None else f0_ref
     flags = torch.zeros(T, dtype=torch.long) if blink is None else torch.as_tensor(np.asarray(blink)).long()[:T]
     s = net.stride
+    # the recording is extended by EDGE_FRAMES copies of its first and last frame (zero padding would read as
+    # average speech to the network; a held first/last frame reads as what it is, e.g. the background before speech)
+    e = EDGE_FRAMES
+    feats = torch.cat([feats[:2].repeat(e, 1), feats, feats[-2:].repeat(e, 1)])
+    f0t = torch.cat([f0t[:2].repeat(e), f0t, f0t[-2:].repeat(e)])
+    flags = torch.cat([flags[:1].repeat(e), flags, flags[-1:].repeat(e)])
+    T0, T = T, T + 2 * e
     g = torch.Generator().manual_seed(int(seed))
     chunk = T if not chunk_frames else max(s, int(chunk_frames) // s * s)
     ctx = 0 if chunk >= T else -(-net.receptive_field() // s) * s
@@ -101,7 +113,7 @@ def predict_motion(model: Audio2Motion, features: np.ndarray | torch.Tensor, f0:
         z = net.infer(fe[None].to(dev), fz[None].to(dev), bl[None].to(dev), float(mouth_amp), temperature, g,
                       f0_ref=f0_ref)[0].cpu()
         out.append(z[a - lo: b - lo])
-    z = torch.cat(out)
+    z = torch.cat(out)[e: e + T0]
     return denormalize_motion(z, stats).numpy().astype(np.float32)
 
 
