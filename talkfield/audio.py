@@ -104,6 +104,22 @@ def frame_rows(feat: np.ndarray, T: int, per_frame: int = 2) -> np.ndarray:
     return np.concatenate([feat, pad], axis=0)
 
 
+def speech_conditions(wav: np.ndarray, kind: str, T: int,
+                      hubert_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The audio conditions of T video frames, exactly as preprocessing stores them: wav [S] float32 16 kHz
+    (at least 640 T samples; samples past 640 T complete the last mel row) -> (features [2T,C], f0 [2T]) with
+    kind in {mel, whisper, hubert}. The one extractor Audio2Motion, inference and evaluation share."""
+    if kind == "mel":
+        feat = log_mel(wav)
+    elif kind == "whisper":
+        feat = whisper_features(wav)
+    elif kind == "hubert":
+        feat = hubert_features(wav, hubert_path)
+    else:
+        raise ValueError(f"audio feature kind {kind!r}: one of mel, whisper, hubert")
+    return frame_rows(feat, T), frame_rows(f0(wav), T)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # language-neutral features
 # --------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from talkfield.audio import speech_conditions
 from talkfield.dataset import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, SubjectDataset, open_subject
 from talkfield.poses import PoseDriver
 
@@ -146,22 +147,6 @@ def frame_count(num_samples: int) -> int:
     """Video frames for an audio track: floor(S / 640) (CONTRACTS.md section 2); the muxed audio is whole, so the
     video ends less than one frame before the audio."""
     return int(num_samples) // SAMPLES_PER_FRAME
-
-
-def conditions(wav: np.ndarray, kind: str, T: int, hubert_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """50 Hz features and f0 of a stretch of speech, exactly 2T rows each: wav [S] (at least 640 T samples;
-    samples past 640 T complete the last mel row) -> (features [2T,C], f0 [2T])."""
-    from talkfield import audio as A
-
-    if kind == "mel":
-        feat = A.log_mel(wav)
-    elif kind == "whisper":
-        feat = A.whisper_features(wav)
-    elif kind == "hubert":
-        feat = A.hubert_features(wav, hubert_path)
-    else:
-        raise InferenceError(f"audio feature kind {kind!r}: one of mel, whisper, hubert")
-    return A.frame_rows(feat, T), A.frame_rows(A.f0(wav), T)
 
 
 class AudioChunker:
@@ -679,7 +664,7 @@ class TalkingHeadPipeline:
         timer = timer or StageTimer()
         T = frame_count(len(wav))
         with timer("features"):
-            feats, f0 = conditions(wav[: T * SAMPLES_PER_FRAME + MEL_TAIL], self.a2m.features, T)
+            feats, f0 = speech_conditions(wav[: T * SAMPLES_PER_FRAME + MEL_TAIL], self.a2m.features, T)
         with timer("audio2motion"):
             off = predict_motion(self.a2m, feats, f0, temperature=knobs.temperature, mouth_amp=knobs.mouth_amp,
                                  stats=self.stats, seed=knobs.seed)
@@ -947,7 +932,7 @@ class StreamingMotion:
         redo = max(self.feat_start, self.feat_end - 4)        # rows from here on are (re)written
         a = max(self.wav_start, redo - self.overlap)          # analysis starts here
         seg = self.wav[(a - self.wav_start) * SAMPLES_PER_FRAME:]
-        feats, f0 = conditions(seg, self.kind, n_feat - a)
+        feats, f0 = speech_conditions(seg, self.kind, n_feat - a)
         new_f, new_p = feats[2 * (redo - a):], f0[2 * (redo - a):]
         if self.feats is None:
             self.feats, self.f0 = new_f, new_p

@@ -288,12 +288,13 @@ def test_streaming_motion_matches_whole_file_with_full_lookahead():
     """With look-ahead past the model's receptive field and the same loudness/pitch references, streaming gives
     the whole-file motion (features from overlapping stretches equal the whole-file ones)."""
     from networks.audio2motion import mel_level, postprocess, predict_motion
-    from talkfield.inference import MEL_TAIL, conditions
+    from talkfield.audio import speech_conditions
+    from talkfield.inference import MEL_TAIL
 
     pipe = _stream_pipe(1)
     wav = speechlike(2.0, 16000, seed=1)
     T = len(wav) // CHUNK_SAMPLES
-    feats, f0 = conditions(wav[: T * CHUNK_SAMPLES + MEL_TAIL], "mel", T)
+    feats, f0 = speech_conditions(wav[: T * CHUNK_SAMPLES + MEL_TAIL], "mel", T)
     ref = mel_level(feats)
     voiced = f0[f0 > 0]
     f0_ref = float(np.median(voiced))

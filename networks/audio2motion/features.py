@@ -111,18 +111,11 @@ def extract_conditions(wav: np.ndarray, kind: str = "mel",
                        hubert_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Audio conditions of a speech track exactly as preprocessing stores them (the extractors of
     `talkfield.audio`): wav [S] float32 16 kHz -> (features [2T,C], f0 [2T]) with T = S // 640 frames."""
-    from talkfield import audio as A
+    from talkfield.audio import speech_conditions
 
     T = len(wav) // 640
     if T < 1:
         raise ValueError(f"speech too short: {len(wav)} samples, at least 640 (one 25 fps frame) needed")
-    wav = np.asarray(wav[: T * 640], np.float32)
-    if kind == "mel":
-        feat = A.log_mel(wav)
-    elif kind == "whisper":
-        feat = A.whisper_features(wav)
-    elif kind == "hubert":
-        feat = A.hubert_features(wav, hubert_path)
-    else:
+    if kind not in FEATURE_DIMS:
         raise ValueError(f"audio feature kind {kind!r}: one of {sorted(FEATURE_DIMS)}")
-    return A.frame_rows(feat, T), A.frame_rows(A.f0(wav), T)
+    return speech_conditions(np.asarray(wav[: T * 640], np.float32), kind, T, hubert_path)
