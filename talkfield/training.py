@@ -119,6 +119,19 @@ def write_summary(run_dir: Path, cfg: DictConfig, overrides: list[str], metrics:
     return path
 
 
+def save_final_checkpoint(trainer) -> Path | None:
+    """Make `checkpoints/last.ckpt` the state at the end of training (ModelCheckpoint writes it only when it
+    saves after a validation, which need not be the last step)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.save_last), None)
+    if cb is None or cb.dirpath is None or trainer.fast_dev_run:
+        return None
+    path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    trainer.save_checkpoint(path)
+    return path
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train one stage as configured. `overrides` (when not run by Hydra's CLI) are the user's key=value
     strings, which a CPU profile never changes. Returns the final callback metrics (floats)."""
@@ -161,6 +174,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         except torch.cuda.OutOfMemoryError as err:
             hint = cfg.get("oom_hint") or "trainer.precision=bf16-mixed or a smaller data/model size"
             raise RuntimeError(f"GPU out of memory in stage {cfg.stage}: lower {hint}") from err
+        save_final_checkpoint(trainer)
         vci = cfg.trainer.get("val_check_interval")
         validated_last = isinstance(vci, int) and vci > 0 and trainer.global_step % vci == 0
         if cfg.get("validate_at_end", True) and not validated_last and not trainer.fast_dev_run:

@@ -44,6 +44,12 @@ def test_resume_is_bit_exact(tmp_path):
     assert not torch.equal(c["network.net.0.weight"], b["network.net.0.weight"])  # the test can fail
 
 
+def test_last_checkpoint_is_the_end_of_training(tmp_path):
+    """max_steps not a multiple of val_check_interval: last.ckpt must still hold the final step."""
+    _, run_dir = run_stage(FIT + ["trainer.max_steps=13"], tmp_path)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
+
+
 def test_seed_changes_and_repeats(tmp_path):
     _, r1 = run_stage(FIT + ["trainer.max_steps=10", "seed=7"], tmp_path, "s7a")
     _, r2 = run_stage(FIT + ["trainer.max_steps=10", "seed=7"], tmp_path, "s7b")
