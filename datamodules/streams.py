@@ -48,8 +48,9 @@ class StepStream(IterableDataset):
             step += nw
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A torch CPU generator seeded from (seed, step): per-step randomness that resumes exactly."""
-    g = torch.Generator()
+def step_generator(seed: int, step: int, device: torch.device | str | None = None) -> torch.Generator:
+    """A torch generator (on `device`, default CPU) seeded from (seed, step): per-step randomness that resumes
+    exactly."""
+    g = torch.Generator() if device is None or torch.device(device).type == "cpu" else torch.Generator(device=device)
     g.manual_seed(int(np.random.default_rng([seed, step, 7]).integers(0, 2**62)))
     return g

@@ -184,13 +184,13 @@ class HeadNeRFModule(TalkFieldModule):
                 and (hp.grid_update_stop is None or step <= hp.grid_update_stop)):
             c = cond.detach()
             self.renderer.update_grid(lambda x: self.field.density(x, c),
-                                      generator=_step_generator(seed + 1, step, self.device),
+                                      generator=step_generator(seed + 1, step, self.device),
                                       reduce_fn=all_reduce_max if self.trainer.world_size > 1 else None)
             self.log("train/occupied", self.renderer.grid.occupied_fraction())
         r = self.render_size
         code = self.field.codes(batch["frame"].reshape(1))
         rays_o, rays_d = get_rays(batch["c2w"], batch["K"], r, r)
-        gen = _step_generator(seed, step, self.device)
+        gen = step_generator(seed, step, self.device)
         out = self.renderer.render(self.field_fn(cond, code), rays_o, rays_d, batch["bg"].reshape(-1, 3),
                                    perturb=True, generator=gen)
         img = out["image"].reshape(1, r, r, 3).permute(0, 3, 1, 2)
@@ -298,15 +298,6 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
-
-
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """`datamodules.streams.step_generator` on `device` (per-step randomness that resumes exactly)."""
-    if torch.device(device).type == "cpu":
-        return step_generator(seed, step)
-    g = torch.Generator(device=device)
-    g.manual_seed(step_generator(seed, step).initial_seed())
-    return g
 
 
 def load_head(path: str | Path, subject: str | None = None, fingerprint: str | None = None,

@@ -55,14 +55,6 @@ def _merge(base: dict, over: dict | None) -> dict:
     return out
 
 
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    if torch.device(device).type == "cpu":
-        return step_generator(seed, step)
-    g = torch.Generator(device=device)
-    g.manual_seed(step_generator(seed, step).initial_seed())
-    return g
-
-
 def build_head(init_from: str | None, subject: str | None, data_dir: str | None, runs_dir: str | None,
                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], Path]:
     """Load the frozen head for a torso run: resolve `init_from` (file, run dir or `latest`), check the checkpoint is
@@ -272,7 +264,7 @@ class TorsoNeRFModule(TalkFieldModule):
         cond = self.torso_condition(batch["c2w"], batch["K"], batch["motion"], batch["frame"], r)
         if step >= hp.grid_warmup_steps and (step - hp.grid_warmup_steps) % hp.grid_update_interval == 0:
             c = cond.detach()
-            gen = _step_generator(int(hp.seed) + 1, step, self.device)
+            gen = step_generator(int(hp.seed) + 1, step, self.device)
             self.occupancy.update(lambda xy: self.field.alpha(xy, c), gen)
         torso = self.render_torso(cond, head, r, use_mask=step >= hp.grid_warmup_steps)
         torso_img, final = self.composite(head, torso, self.plate)
