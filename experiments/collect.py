@@ -68,7 +68,7 @@ def study_table(runs: list[dict], metrics: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rs in rows.items():
         cells = [name, " ".join(o for o in rs[0]["overrides"] if o not in common and not o.startswith(
-            ("seed=", "study=", "row="))) or "(baseline)"]
+            ("seed=", "study=", "row=", "run_id="))) or "(baseline)"]
         for m in present:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             if not vals:

@@ -14,6 +14,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -41,12 +42,14 @@ def study_rows(study: dict) -> dict[str, list[str]]:
 
 
 def commands(study: dict, extra: list[str]) -> list[list[str]]:
-    """The train.py multirun command of every row."""
+    """The train.py multirun command of every row. Each row gets its own run id (<time>_r<row>), so rows that
+    start in the same second (e.g. one per GPU) never share a run directory."""
     seeds = ",".join(str(s) for s in study["seeds"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     out = []
-    for row, delta in study_rows(study).items():
+    for i, (row, delta) in enumerate(study_rows(study).items()):
         out.append([sys.executable, str(ROOT / "train.py"), "-m", *study.get("base", []), *delta, *extra,
-                    f"seed={seeds}", f"study={study['study']}", f"row='{row}'"])
+                    f"seed={seeds}", f"study={study['study']}", f"row='{row}'", f"run_id={stamp}_r{i}"])
     return out
 
 

@@ -76,3 +76,36 @@ def test_dry_run_lists_one_multirun_per_row():
     cmds = commands(study, ["subject.name=katie"])
     assert len(cmds) == 3
     assert all("-m" in c and "seed=1,2" in c and "subject.name=katie" in c for c in cmds)
+
+
+def test_launcher_gives_each_gpu_its_own_worker(monkeypatch, capsys):
+    from experiments.launch_agents import main, study_jobs, visible_gpus, wandb_jobs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    assert visible_gpus("0,1,3") == ["0", "1", "3"]
+    jobs = wandb_jobs("me/talkfield/abc123", ["0", "1", "2"], count=4)
+    assert [g for g, _ in jobs] == ["0", "1", "2"]
+    assert all(cmd == ["wandb", "agent", "--count", "4", "me/talkfield/abc123"] for _, cmd in jobs)
+    queues = study_jobs(ROOT / "experiments" / "sweeps" / "lambda_lpips_multirun.yaml", ["subject.name=katie"],
+                        ["0", "1"])
+    assert [len(q) for q in queues] == [2, 1]  # 3 rows over 2 GPUs
+    assert {g for q in queues for g, _ in q} == {"0", "1"} and all(g == q[0][0] for q in queues for g, _ in q)
+    assert main(["study", str(ROOT / "experiments" / "sweeps" / "lambda_lpips_multirun.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[gpu 2]") == 2 and out.count("[gpu 5]") == 1
+
+
+def test_launcher_subprocesses_see_one_gpu_each(tmp_path):
+    """Run the launcher for real with a tiny CPU study: each worker's CUDA_VISIBLE_DEVICES is its own id."""
+    study = {"study": "probe", "base": ["experiment=fit_image", "logger=csv", "data.size=8", "data.batch_size=16",
+                                        "trainer.max_steps=2", "trainer.val_check_interval=2"],
+             "sweep": {"model.network.hidden": [8, 16]}, "seeds": [1]}
+    spec = tmp_path / "probe.yaml"
+    spec.write_text(yaml.safe_dump(study))
+    env = {**os.environ, "TALKFIELD_OUTPUTS": str(tmp_path / "out"), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.launch_agents", "study", str(spec), "--gpus", "7,8"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted((tmp_path / "out").rglob("run_summary.json"))
+    assert len(summaries) == 2
