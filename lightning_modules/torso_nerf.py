@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.streams import step_generator
+from lightning_modules.head_nerf import all_reduce_max
 from lightning_modules.base import TalkFieldModule
 from networks import losses as L
 from networks.nerf.torso_field import ImageOccupancy, POSE_DIM, TorsoField, pixel_coords, pose_features
@@ -265,7 +266,8 @@ class TorsoNeRFModule(TalkFieldModule):
         if step >= hp.grid_warmup_steps and (step - hp.grid_warmup_steps) % hp.grid_update_interval == 0:
             c = cond.detach()
             gen = step_generator(int(hp.seed) + 1, step, self.device)
-            self.occupancy.update(lambda xy: self.field.alpha(xy, c), gen)
+            self.occupancy.update(lambda xy: self.field.alpha(xy, c), gen,
+                                  reduce_fn=all_reduce_max if self.trainer.world_size > 1 else None)
         torso = self.render_torso(cond, head, r, use_mask=step >= hp.grid_warmup_steps)
         torso_img, final = self.composite(head, torso, self.plate)
         lam = self.loss_weights(step)

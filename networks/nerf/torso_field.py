@@ -151,12 +151,16 @@ class ImageOccupancy(nn.Module):
 
     @torch.no_grad()
     def update(self, alpha_fn: Callable[[torch.Tensor], torch.Tensor],
-               generator: torch.Generator | None = None) -> None:
-        """One update with alpha_fn(xy [M, 2]) -> alpha [M]."""
+               generator: torch.Generator | None = None,
+               reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """One update with alpha_fn(xy [M, 2]) -> alpha [M]; `reduce_fn` combines the new alphas across
+        data-parallel ranks (e.g. an all-reduce max) so every rank keeps the same grid."""
         R = self.resolution
         new = alpha_fn(self.cell_centres(True, generator)).float().reshape(1, 1, R, R)
         if self.dilation > 1:
             new = F.max_pool2d(new, self.dilation, stride=1, padding=self.dilation // 2)
+        if reduce_fn is not None:
+            new = reduce_fn(new.contiguous())
         grid = self.grid if int(self.step) > 0 else torch.zeros_like(self.grid)
         self.grid.copy_(torch.maximum(grid * self.decay, new[0, 0]))
         self.step += 1
