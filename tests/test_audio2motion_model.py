@@ -14,13 +14,7 @@ from networks.audio2motion.vae import Audio2MotionVAE, denormalize_motion, kl_we
 from tests.fixtures.a2m import batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these small convolutions gain nothing from two, and a busy machine makes two thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(feat_dim=80, hidden=48, latent=8, stride=4, cond_layers=2, enc_layers=2, dec_layers=2, dec_dilation=2,

@@ -9,12 +9,7 @@ import torch
 from tests.fixtures.a2m import A2M_TINY, subject_overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_run_loads_and_predicts(tiny_a2m_ckpt, tiny_subject):

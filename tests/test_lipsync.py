@@ -10,12 +10,7 @@ from networks.audio2motion.syncnet import LipSyncExpert, auc, contrastive_loss, 
 from tests.fixtures.a2m import A2M_TINY, batch, phone_sequence, subject_overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_auc_is_the_rank_statistic():

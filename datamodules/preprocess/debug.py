@@ -23,26 +23,18 @@ def write_debug_video(path: Path, frames, labels, lms2d: np.ndarray, detected: n
                       thumb: np.ndarray | None, crop: dict, fps: int = 25, audio: np.ndarray | None = None) -> None:
     """frames / labels: sequences of [S,S,3] uint8 RGB and [S,S] uint8; lms2d [T,478,3] px; fitted: the fit
     dict (c2w, intrinsics, lms3d, eye_open). Writes an H.264 mp4 (with the speech track if given)."""
-    import av
     import cv2
 
-    T = len(lms2d)
-    S = None
+    from talkfield.media import VideoWriter
+
     uv, _ = camera.project(fitted["lms3d"][:, lmk.RIGID], fitted["c2w"], fitted["intrinsics"])
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    c = av.open(str(tmp), "w")
+    writer = None
     try:
-        vs = None
-        as_ = None
-        if audio is not None:
-            as_ = c.add_stream("aac", rate=16000, layout="mono")
         for t, (img, lab) in enumerate(zip(frames, labels)):
-            if S is None:
-                S = img.shape[0]
-                h = S // 2
-                vs = c.add_stream("libx264", rate=fps)
-                vs.width, vs.height, vs.pix_fmt = 2 * h, h, "yuv420p"
-                vs.options = {"crf": "30", "preset": "veryfast"}
+            S = img.shape[0]
+            h = S // 2
+            if writer is None:  # the talkfield.media writer: streaming, atomic, speech track muxed
+                writer = VideoWriter(path, fps=fps, size=(2 * h, h), audio=audio, sample_rate=16000, crf=30)
             left = img.copy()
             col = (0, 255, 0) if detected[t] else (255, 0, 0)
             for x, y in lms2d[t, :, :2]:
@@ -60,24 +52,10 @@ def write_debug_video(path: Path, frames, labels, lms2d: np.ndarray, detected: n
             cv2.rectangle(right, (S - 20, S - 10 - int(e * (S // 3))), (S - 8, S - 10), (255, 255, 255), -1)
             cv2.putText(right, f"{t}", (8, S - 12), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
             pane = np.concatenate([left, right], 1)
-            pane = cv2.resize(pane, (2 * h, h), interpolation=cv2.INTER_AREA)
-            for p in vs.encode(av.VideoFrame.from_ndarray(pane, format="rgb24")):
-                c.mux(p)
-        if vs is not None:
-            for p in vs.encode():
-                c.mux(p)
-        if as_ is not None:
-            n = 1024
-            for a in range(0, len(audio), n):
-                piece = np.zeros(n, np.float32)
-                piece[: len(audio[a:a + n])] = audio[a:a + n]
-                fr = av.AudioFrame.from_ndarray(piece[None], format="flt", layout="mono")
-                fr.sample_rate = 16000
-                fr.pts = a
-                for p in as_.encode(fr):
-                    c.mux(p)
-            for p in as_.encode():
-                c.mux(p)
-    finally:
-        c.close()
-    tmp.replace(path)
+            writer.write(cv2.resize(pane, (2 * h, h), interpolation=cv2.INTER_AREA))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
