@@ -11,6 +11,7 @@ runs land in outputs/<subject>/<stage>/ like any other, and `experiments/collect
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -41,13 +42,19 @@ def study_rows(study: dict) -> dict[str, list[str]]:
     return rows
 
 
-def commands(study: dict, extra: list[str]) -> list[list[str]]:
-    """The train.py multirun command of every row. Each row gets its own run id (<time>_r<row>), so rows that
-    start in the same second (e.g. one per GPU) never share a run directory."""
+def commands(study: dict, extra: list[str], rows: list[str] | None = None) -> list[list[str]]:
+    """The train.py multirun command of every row (or of the named `rows`). Each row gets its own run id
+    (<time>_r<row index>), so rows that start in the same second (e.g. one per GPU) never share a run directory."""
     seeds = ",".join(str(s) for s in study["seeds"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    all_rows = study_rows(study)
+    unknown = sorted(set(rows or []) - set(all_rows))
+    if unknown:
+        raise ValueError(f"study {study['study']!r} has no rows {unknown}; its rows: {sorted(all_rows)}")
     out = []
-    for i, (row, delta) in enumerate(study_rows(study).items()):
+    for i, (row, delta) in enumerate(all_rows.items()):
+        if rows is not None and row not in rows:
+            continue
         out.append([sys.executable, str(ROOT / "train.py"), "-m", *study.get("base", []), *delta, *extra,
                     f"seed={seeds}", f"study={study['study']}", f"row='{row}'", f"run_id={stamp}_r{i}"])
     return out
@@ -59,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. subject.name=katie)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("--no-collect", action="store_true")
+    ap.add_argument("--rows", default=None, help="comma-separated row names to run (default: all); lets several "
+                    "processes share one study, e.g. one per GPU or several on one large GPU")
     ap.add_argument("--results", type=Path, default=None, help="tables file (default experiments/RESULTS.md)")
     args = ap.parse_args(argv)
     study = load_study(args.study)
-    for cmd in commands(study, args.overrides):
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    for cmd in commands(study, args.overrides, rows):
         print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
         if not args.dry_run:
             subprocess.run(cmd, cwd=ROOT, check=True)
@@ -70,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.collect import find_runs
 
         for run in find_runs(study["study"]):
+            row = json.loads((run / "run_summary.json").read_text()).get("row")
+            if rows is not None and row not in rows:
+                continue  # another process runs (and evaluates) that row
             if not (run / "eval.json").is_file():
                 cmd = [sys.executable, str(ROOT / "evaluate.py"), f"run={run}", *study.get("evaluate_args", [])]
                 print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)

@@ -78,6 +78,15 @@ def test_dry_run_lists_one_multirun_per_row():
     assert all("-m" in c and "seed=1,2" in c and "subject.name=katie" in c for c in cmds)
 
 
+def test_rows_option_selects_rows_and_rejects_unknown_ones():
+    study = load_study(ROOT / "experiments" / "sweeps" / "lambda_lpips_multirun.yaml")
+    names = list(study_rows(study))
+    cmds = commands(study, [], rows=[names[1]])
+    assert len(cmds) == 1 and f"row='{names[1]}'" in cmds[0] and cmds[0][-1].endswith("_r1")
+    with pytest.raises(ValueError, match="no rows"):
+        commands(study, [], rows=["no such row"])
+
+
 def test_launcher_gives_each_gpu_its_own_worker(monkeypatch, capsys):
     from experiments.launch_agents import main, study_jobs, visible_gpus, wandb_jobs
 
