@@ -189,14 +189,18 @@ def load_audio2motion(path: str | Path, subject: str | None, fingerprint: str | 
                       map_location: str | torch.device = "cpu") -> Audio2Motion:
     """Load an Audio2Motion checkpoint for `subject` (with that dataset's fingerprint) or a generic corpus model
     (allow_generic). Refuses another subject's model, another preprocessing of the subject, another stage or
-    format version (talkfield.runs.check_meta). Returns Audio2Motion(network in eval mode, features, person, meta)."""
+    format version (talkfield.runs.check_meta). Returns Audio2Motion(network in eval mode on `map_location`, features,
+    person, meta).
+
+    The file is always read onto the CPU (the person's statistics become numpy arrays; a network built on the CPU
+    and filled by load_state_dict would stay there), then the network is moved to `map_location`."""
     ck = load_checkpoint(path, stage=STAGE, subject=subject, fingerprint_=fingerprint, allow_generic=allow_generic,
-                         map_location=map_location)
+                         map_location="cpu")
     meta = ck[META_KEY]
     net = build_network(meta)
     sd = {k[len("network."):]: v for k, v in ck["state_dict"].items() if k.startswith("network.")}
     net.load_state_dict(sd)
-    net.eval()
+    net.to(torch.device(map_location)).eval()
     p = ck.get("audio2motion_person")
     person = None
     if p is not None:

@@ -45,6 +45,12 @@ CHUNK_SAMPLES = SAMPLES_PER_FRAME
 """One streaming chunk: 40 ms = one 25 fps frame = 640 samples at 16 kHz."""
 MEL_TAIL = 512 - 320
 """Samples past a frame's end that its second 50 Hz mel row reads (row 2t+1 covers [640t+320, 640t+832))."""
+HEARD_ROWS = 1500
+"""Streaming: the loudness / pitch references are measured over the last 1500 feature rows (30 s) heard."""
+PRIOR_ROWS = 250
+"""Streaming: the subject's own references are blended out over the first 250 rows (5 s) heard."""
+BAND_EVERY = 10
+"""Streaming, mel 'band' models: the per-band floor / loud level is re-measured every 10 rows (200 ms)."""
 
 
 class Cancelled(RuntimeError):
@@ -580,8 +586,6 @@ class TalkingHeadPipeline:
         self.renderer = FrameRenderer(head, torso, ds, device)
         self.c2w = np.asarray(ds.array("c2w"), np.float32)
         self.stats = np.asarray(ds.array("motion_stats"), np.float32)
-        self._mel_prior: float | None = None
-        self._f0_prior: float | None = None
 
     # --- loading --------------------------------------------------------------------------------------------------
     @classmethod
@@ -870,6 +874,11 @@ class StreamingMotion:
     cached; Audio2Motion and post-processing run on the window [t - context, t + lookahead] (context: the
     model's receptive field), so memory and time per step are constant in the stream's length. Blinks follow one
     schedule over absolute frame indices (the same as file rendering with the same seed).
+
+    The mel features are normalised as the whole-file path does, with references measured on what has been heard
+    (the file path measures them on the whole recording): for a model with mel_norm 'band' the per-band noise floor
+    and loud level ([2,80] `mel_band_stats`), for 'level' the loud-frame level; the speaker's median f0 likewise.
+    At the start the subject's own references (its recording's mel and f0) are blended in, over PRIOR_ROWS rows.
     pipe: needs .a2m, .person, .stats, .ds (has/array, for the subject's mel level and f0 as priors at the start)
     and .renderer.window.
     """
@@ -895,15 +904,22 @@ class StreamingMotion:
         self.motion: dict[int, np.ndarray] = {}  # fixed motion by frame (only the last few kept)
         self.next_motion = 0                 # first frame whose motion is not fixed yet
         self.next_render = 0                 # first frame not emitted yet
-        self.row_means: deque[float] = deque(maxlen=1500)  # mel level over the last 30 s
-        self.voiced: deque[float] = deque(maxlen=1500)
+        self.band = self.kind == "mel" and getattr(net, "mel_norm", "level") == "band"
+        self.row_means: deque[float] = deque(maxlen=HEARD_ROWS)  # mel level of each row heard ('level' models)
+        self.rows: deque[np.ndarray] = deque(maxlen=HEARD_ROWS)  # mel rows heard ('band' models)
+        self.rows_heard = 0
+        self.voiced: deque[float] = deque(maxlen=HEARD_ROWS)
+        self._band_ref: np.ndarray | None = None
+        self._band_at = -BAND_EVERY
         self._blink = np.zeros(0, np.float32)
         ds = pipe.ds
-        self._mel_prior = self._f0_prior = None
+        self._mel_prior: float | np.ndarray | None = None
+        self._f0_prior: float | None = None
         if self.kind == "mel" and ds.has("mel"):
-            from networks.audio2motion import mel_level
+            from networks.audio2motion import mel_band_stats, mel_level
 
-            self._mel_prior = mel_level(np.asarray(ds.array("mel")))
+            mel = np.asarray(ds.array("mel"), np.float32)
+            self._mel_prior = mel_band_stats(mel) if self.band else mel_level(mel)
         if ds.has("f0"):
             f = np.asarray(ds.array("f0"))
             self._f0_prior = float(np.median(f[f > 0])) if (f > 0).any() else None
@@ -943,17 +959,32 @@ class StreamingMotion:
         # running loudness and pitch of what was heard (only rows not counted before)
         fresh = slice(2 * (self.feat_end - redo), None)
         if self.kind == "mel":
-            self.row_means.extend(new_f[fresh].mean(-1).tolist())
+            rows = np.array(new_f[fresh], np.float32)
+            self.rows_heard += len(rows)
+            if self.band:
+                self.rows.extend(rows)
+            else:
+                self.row_means.extend(rows.mean(-1).tolist())
         v = new_p[fresh]
         self.voiced.extend(v[v > 0].tolist())
         self.feat_end = n_feat
 
-    def _refs(self) -> tuple[float | None, float | None]:
-        """Running mel level and median f0 over what has been heard (the subject's own as a prior at the start)."""
+    def _refs(self) -> tuple[float | np.ndarray | None, float | None]:
+        """The mel reference of `predict_motion` (band models: [2,80] floor / loud level per band; level models: the
+        loud-frame level) and the median f0, over what has been heard (the subject's own as a prior at the start)."""
+        from networks.audio2motion import mel_band_stats
+
         mel_ref = None
-        if self.kind == "mel" and self.row_means:
+        w = 1.0 if self._mel_prior is None else min(1.0, self.rows_heard / PRIOR_ROWS)
+        if self.band and self.rows:
+            if self._band_ref is None or self.rows_heard - self._band_at >= BAND_EVERY:
+                heard = mel_band_stats(np.stack(self.rows))
+                prior = heard if self._mel_prior is None else self._mel_prior
+                self._band_ref = (w * heard + (1 - w) * prior).astype(np.float32)
+                self._band_at = self.rows_heard
+            mel_ref = self._band_ref
+        elif self.kind == "mel" and self.row_means:
             heard = float(np.quantile(np.asarray(self.row_means), 0.95))
-            w = 1.0 if self._mel_prior is None else min(1.0, len(self.row_means) / 100.0)
             mel_ref = w * heard + (1 - w) * (self._mel_prior or 0.0)
         f0_ref = float(np.median(np.asarray(self.voiced))) if len(self.voiced) >= 25 else self._f0_prior
         return mel_ref, f0_ref

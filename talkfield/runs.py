@@ -150,11 +150,17 @@ def load_checkpoint(path: Path | str, *, stage: str, subject: str | None, finger
     return ckpt
 
 
+CARRIED_KEYS = ("audio2motion_person",)
+"""Checkpoint entries besides state_dict and metadata that loading needs (the Audio2Motion person's statistics)."""
+
+
 def save_weights_only(ckpt: dict[str, Any], dst: Path | str) -> Path:
-    """Strip optimizer/loop state from a checkpoint: state_dict + metadata only (for carrying and bundles)."""
+    """Strip optimizer/loop state from a checkpoint: state_dict + metadata (+ CARRIED_KEYS present) only (for
+    carrying and bundles)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     slim = {"state_dict": ckpt["state_dict"], META_KEY: ckpt[META_KEY]}
+    slim.update({k: ckpt[k] for k in CARRIED_KEYS if k in ckpt})
     tmp = dst.with_name(f".{dst.name}.tmp")
     torch.save(slim, tmp)
     os.replace(tmp, dst)

@@ -229,14 +229,17 @@ def test_chunk_source_paces_in_real_time():
 # ----------------------------------------------------------------------------------------------------------------
 # streaming look-ahead with a real (small, untrained) Audio2Motion network
 # ----------------------------------------------------------------------------------------------------------------
-def _stream_pipe(seed: int = 0):
+TINY_VAE = dict(feat_dim=80, hidden=16, latent=4, enc_layers=1, dec_layers=1, flow_hidden=8, flow_layers=1, n_flows=1,
+                cond_layers=1)
+
+
+def _stream_pipe(seed: int = 0, mel_norm: str = "level"):
     from networks.audio2motion import Audio2Motion, PersonMotion
     from networks.audio2motion.vae import Audio2MotionVAE
     from talkfield.motion import motion_stats
 
     torch.manual_seed(seed)
-    net = Audio2MotionVAE(feat_dim=80, hidden=16, latent=4, enc_layers=1, dec_layers=1, flow_hidden=8,
-                          flow_layers=1, n_flows=1, cond_layers=1).eval()
+    net = Audio2MotionVAE(**TINY_VAE, mel_norm=mel_norm).eval()
     rng = np.random.default_rng(seed)
     mean_shape = rng.normal(0, 1, (478, 3)).astype(np.float32)
     off = rng.normal(0, 0.02, (200, 68, 3)).astype(np.float32)
@@ -284,18 +287,19 @@ def test_streaming_motion_emits_each_frame_once_after_its_lookahead(lookahead):
     assert all(np.isfinite(w).all() for w in windows.values())
 
 
-def test_streaming_motion_matches_whole_file_with_full_lookahead():
+@pytest.mark.parametrize("mel_norm", ["level", "band"])
+def test_streaming_motion_matches_whole_file_with_full_lookahead(mel_norm):
     """With look-ahead past the model's receptive field and the same loudness/pitch references, streaming gives
     the whole-file motion (features from overlapping stretches equal the whole-file ones)."""
-    from networks.audio2motion import mel_level, postprocess, predict_motion
+    from networks.audio2motion import mel_band_stats, mel_level, postprocess, predict_motion
     from talkfield.audio import speech_conditions
     from talkfield.inference import MEL_TAIL
 
-    pipe = _stream_pipe(1)
+    pipe = _stream_pipe(1, mel_norm)
     wav = speechlike(2.0, 16000, seed=1)
     T = len(wav) // CHUNK_SAMPLES
     feats, f0 = speech_conditions(wav[: T * CHUNK_SAMPLES + MEL_TAIL], "mel", T)
-    ref = mel_level(feats)
+    ref = mel_band_stats(feats) if mel_norm == "band" else mel_level(feats)
     voiced = f0[f0 > 0]
     f0_ref = float(np.median(voiced))
     whole = predict_motion(pipe.a2m, feats, f0, stats=pipe.stats, mel_ref=ref, f0_ref=f0_ref)
@@ -312,6 +316,68 @@ def test_streaming_motion_matches_whole_file_with_full_lookahead():
     stream = np.stack([got[t] for t in range(T)])
     # pitch tracking sees slightly different context at stretch boundaries: compare where both agree on f0
     np.testing.assert_allclose(stream, whole, atol=2e-3)
+
+
+@pytest.mark.parametrize("mel_norm", ["level", "band"])
+def test_streaming_references_are_the_whole_file_ones_once_heard(mel_norm):
+    """The running references reach what the whole-file path measures on the same audio: a [2,80] per-band floor /
+    loud level for a 'band' model (a scalar would be ignored there, and each window normalised on its own), the
+    loud-frame level for a 'level' model; at the start the subject's own references are used."""
+    from networks.audio2motion import mel_band_stats, mel_level
+    from talkfield.audio import speech_conditions
+    from talkfield.inference import PRIOR_ROWS
+
+    pipe = _stream_pipe(2, mel_norm)
+    subject_mel = np.random.default_rng(3).normal(-2.0, 1.0, (400, 80)).astype(np.float32)
+    pipe.ds = SimpleNamespace(has=lambda name: name == "mel", array=lambda name: subject_mel)
+    sm = StreamingMotion(pipe, Knobs(lookahead=2))
+    prior = mel_band_stats(subject_mel) if mel_norm == "band" else mel_level(subject_mel)
+    wav = speechlike(8.0, 16000, seed=2)
+    T = len(wav) // CHUNK_SAMPLES
+    chunks = chunk_source(wav)
+    for _ in range(4):
+        sm.push(next(chunks)[0])
+    first, _ = sm._refs()
+    assert np.shape(first) == np.shape(prior)
+    assert np.abs(np.asarray(first) - prior).max() < np.abs(np.asarray(prior)).max()  # mostly the subject's
+    for chunk, _ in chunks:
+        sm.push(chunk)
+    sm.finish()
+    assert sm.rows_heard >= PRIOR_ROWS
+    got, _ = sm._refs()
+    feats, _ = speech_conditions(wav[: T * CHUNK_SAMPLES], "mel", T)
+    want = mel_band_stats(feats) if mel_norm == "band" else mel_level(feats)
+    assert np.shape(got) == np.shape(want) == ((2, 80) if mel_norm == "band" else ())
+    np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_load_audio2motion_puts_the_network_on_the_device(tmp_path):
+    """map_location moves the network (a CPU-built network filled by load_state_dict would stay on the CPU) and the
+    person's statistics come back as numpy arrays whatever the device ('meta' stands in for CUDA here)."""
+    from lightning_modules.audio2motion import load_audio2motion
+    from networks.audio2motion.vae import Audio2MotionVAE
+    from talkfield.runs import make_meta, save_weights_only
+
+    net = Audio2MotionVAE(**TINY_VAE, mel_norm="band")
+    cfg = {"model": {"network": {"_target_": "networks.audio2motion.vae.Audio2MotionVAE", **TINY_VAE,
+                                 "mel_norm": "band"}}}
+    rng = np.random.default_rng(0)
+    person = {"stats": torch.from_numpy(rng.random((4, 204)).astype(np.float32)),
+              "mean_shape": torch.from_numpy(rng.random((478, 3)).astype(np.float32)),
+              "eye_quantiles": torch.tensor([0.1, 0.3], dtype=torch.float64),
+              "database": torch.from_numpy(rng.random((5, 68, 3)).astype(np.float32)),
+              "closed_eyes": torch.from_numpy(rng.random((12, 3)).astype(np.float32))}
+    full = {"state_dict": {f"network.{k}": v for k, v in net.state_dict().items()},
+            "talkfield": make_meta("audio2motion", "alice", "f" * 16, cfg, {"audio_features": "mel"}),
+            "audio2motion_person": person, "optimizer_states": [{}]}
+    ck = save_weights_only(full, tmp_path / "carry" / "a2m.ckpt")  # what travels to the GPU machine
+    for dev in ("cpu", "meta", torch.device("meta")):
+        m = load_audio2motion(ck, "alice", "f" * 16, map_location=dev)
+        assert {p.device.type for p in m.network.parameters()} == {torch.device(dev).type}
+        assert {b.device.type for b in m.network.buffers()} == {torch.device(dev).type}
+        assert not m.network.training and m.network.mel_norm == "band" and not m.generic
+        assert isinstance(m.person.stats, np.ndarray) and m.person.eye_quantiles == (0.1, 0.3)
+        np.testing.assert_array_equal(m.person.database, person["database"].numpy())
 
 
 # ----------------------------------------------------------------------------------------------------------------
