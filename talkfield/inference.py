@@ -186,11 +186,14 @@ def chunk_source(wav: np.ndarray, chunk: int = CHUNK_SAMPLES, realtime: bool = F
     """Simulate a live microphone: yield (40 ms chunk, arrival time of its last sample on time.perf_counter).
 
     The waveform is delivered in blocks of `block` samples (like a sound card), re-cut into chunks by
-    `AudioChunker`. realtime=True paces the blocks at the audio's own rate (sleeping), so a chunk is "arrived"
-    when a live source would have delivered it; realtime=False delivers as fast as the consumer pulls.
+    `AudioChunker`. realtime=True paces the blocks at the audio's own rate (sleeping), and a chunk's arrival time
+    is when a live source delivered its block (start + block end / 16 kHz), also when the consumer pulls it
+    later: a consumer slower than real time sees its backlog in the latencies. realtime=False delivers as fast as
+    the consumer pulls (arrival = the moment it is pulled).
     """
     ch = AudioChunker(chunk)
     t0 = time.perf_counter()
+    due = t0
     for a in range(0, len(wav), block):
         piece = wav[a:a + block]
         if realtime:
@@ -199,10 +202,10 @@ def chunk_source(wav: np.ndarray, chunk: int = CHUNK_SAMPLES, realtime: bool = F
             if delay > 0:
                 time.sleep(delay)
         for c in ch.push(piece):
-            yield c, time.perf_counter()
+            yield c, due if realtime else time.perf_counter()
     last = ch.flush()
     if last is not None:
-        yield last, time.perf_counter()
+        yield last, due if realtime else time.perf_counter()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -826,7 +829,9 @@ class TalkingHeadPipeline:
                     if progress is not None:
                         progress(t + 1, T, (t + 1) / max(time.perf_counter() - t0, 1e-9))
 
-            stats = self.stream(chunk_source(wav[: T * SAMPLES_PER_FRAME], realtime=realtime), knobs, on_frame, cancel)
+            # one 40 ms block per chunk: a chunk arrives when its last sample does
+            stats = self.stream(chunk_source(wav[: T * SAMPLES_PER_FRAME], realtime=realtime, block=CHUNK_SAMPLES),
+                                knobs, on_frame, cancel)
         return Path(out_path), stats
 
 

@@ -66,3 +66,21 @@ def test_invert_and_smooth():
     assert np.allclose(np.linalg.det(smooth[:, :3, :3]), 1.0)
     assert rotation_angle_deg(rotation_matrix(0.1, 0, 0), rotation_matrix(0.1, 0, 0)) < 1e-4
     assert abs(rotation_angle_deg(np.eye(3), rotation_matrix(np.radians(10), 0, 0)) - 10) < 1e-6
+
+
+def test_rays_and_projection_stay_float32_under_bf16_autocast():
+    """bf16-mixed training and bf16 inference run these inside autocast; a bf16 matmul would move rays ~1 px."""
+    K = torch.from_numpy(intrinsics_matrix(507.0, 507.0, 128.0, 128.0)).float()
+    c2w = torch.from_numpy(_pose()).float()
+    pts = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (20, 3))).float()
+    o, d = get_rays(c2w, K, 64, 64)
+    uv, z = project(pts, c2w, K)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o2, d2 = get_rays(c2w, K, 64, 64)
+        uv2, z2 = project(pts.bfloat16().float(), c2w, K)
+        uv3, _ = project(pts.bfloat16(), c2w, K)
+    assert d2.dtype == o2.dtype == uv2.dtype == uv3.dtype == torch.float32
+    torch.testing.assert_close(d2, d)
+    torch.testing.assert_close(o2, o)
+    torch.testing.assert_close(uv2, project(pts.bfloat16().float(), c2w, K)[0])
+    assert (uv3 - uv).abs().max() < 5.0  # only the bf16 input points' own rounding

@@ -224,6 +224,15 @@ def test_chunk_source_paces_in_real_time():
     assert arrivals[-1] - t0 >= (len(got) * CHUNK_SAMPLES - 1024) / 16000 * 0.9
     fast = list(chunk_source(wav, realtime=False))
     np.testing.assert_array_equal(np.concatenate([c for c, _ in fast]), np.concatenate([c for c, _ in got]))
+    # a slow consumer: arrival times stay on the live clock (its backlog counts as latency)
+    t0 = time.perf_counter()
+    slow = []
+    for c, a in chunk_source(wav, realtime=True, block=CHUNK_SAMPLES):
+        slow.append(a)
+        time.sleep(0.08)
+    late = time.perf_counter()
+    assert slow[-1] - t0 == pytest.approx(len(slow) * CHUNK_SAMPLES / 16000, abs=0.03)
+    assert late - slow[-1] >= 0.08 and late - t0 >= 0.08 * len(slow)
 
 
 # ----------------------------------------------------------------------------------------------------------------
