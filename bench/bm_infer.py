@@ -39,6 +39,7 @@ import logging
 import math
 import sys
 import time
+import traceback
 import types
 from pathlib import Path
 
@@ -149,19 +150,24 @@ def checkpoint_args(args) -> dict[str, str | None]:
 
 def render_settings(pipe) -> dict:
     """The head renderer in use (sample cap, termination threshold, step, grid) and the values in the training config
-    saved in the checkpoint (the torso checkpoint's head_config for a torso run); they must be equal."""
+    saved in the checkpoint (the torso checkpoint's head_config for a torso run); they must be equal (a difference
+    is logged as an error and recorded as matches_training=False, not fatal: the other numbers still come back)."""
     r = pipe.head.renderer
     used = {"max_steps": int(r.max_steps), "T_thresh": float(r.T_thresh), "dt": float(r.dt),
             "grid_resolution": int(r.grid.resolution), "backend": r.backend}
     src = pipe.checkpoints["torso"] or pipe.checkpoints["head"]
-    meta = torch.load(src, map_location="cpu", weights_only=True, mmap=True)["talkfield"]
-    head_cfg = meta["head_config"] if pipe.checkpoints["torso"] else meta["config"]["model"]
-    rc = head_cfg.get("renderer") or {}
-    trained = {"max_steps": int(rc.get("max_steps", -1)), "T_thresh": float(rc.get("T_thresh", float("nan")))}
+    try:
+        meta = torch.load(src, map_location="cpu", weights_only=True, mmap=True)["talkfield"]
+        head_cfg = meta["head_config"] if pipe.checkpoints["torso"] else meta["config"]["model"]
+        rc = head_cfg["renderer"]
+        trained = {"max_steps": int(rc["max_steps"]), "T_thresh": float(rc["T_thresh"])}
+    except (KeyError, TypeError, RuntimeError) as e:
+        log.error("the training render settings of %s could not be read (%r)", src, e)
+        return {**used, "trained": None, "matches_training": None, "from": str(src)}
     bad = {k: (used[k], v) for k, v in trained.items() if used[k] != v}
     if bad:
-        raise SystemExit(f"render settings differ from the training config of {src}: {bad} (used, trained)")
-    return {**used, "trained": trained, "from": str(src)}
+        log.error("render settings differ from the training config of %s: %s (used, trained)", src, bad)
+    return {**used, "trained": trained, "matches_training": not bad, "from": str(src)}
 
 
 class Results:
@@ -181,6 +187,16 @@ class Results:
     def save(self) -> None:
         (self.out / "results.json").write_text(json.dumps(self.data, indent=2, default=str))
         (self.out / "results_rows.md").write_text(self.markdown() + "\n")
+
+
+def guarded(name: str, fn, res: "Results") -> None:
+    """Run one optional section; an error is logged and recorded, and the other sections still run."""
+    try:
+        fn()
+    except Exception:  # noqa: BLE001  (one attempt on the GPU: keep every number that can be measured)
+        log.exception("section %s failed; going on with the others", name)
+        res.data.setdefault("errors", {})[name] = traceback.format_exc()
+    res.save()
 
 
 def fits(name: str, cost_s: float, deadline_s: float) -> bool:
@@ -240,8 +256,9 @@ def main() -> None:
              render_size=pipe.renderer.size, out_size=pipe.renderer.out_size, torso=pipe.torso is not None,
              a2m_features=pipe.a2m.features, a2m_mel_norm=getattr(pipe.a2m.network, "mel_norm", None),
              knobs=dict(vars(knobs)), precision=prec, renderer=rs)
-    log.info("device %s (%s); render %d px -> SR %d px; renderer max_steps %d, T_thresh %g (as trained)",
-             pipe.device, card, pipe.renderer.size, pipe.renderer.out_size, rs["max_steps"], rs["T_thresh"])
+    log.info("device %s (%s); render %d px -> SR %d px; renderer max_steps %d, T_thresh %g (training config: %s)",
+             pipe.device, card, pipe.renderer.size, pipe.renderer.out_size, rs["max_steps"], rs["T_thresh"],
+             rs["trained"])
     wav = speech(pipe.ds, args.audio, max(args.seconds, args.stream_seconds, args.profile_seconds))
     clip = write_wav(out / "speech_bench.wav", wav[: int(args.seconds * 16000)])
     warm = write_wav(out / "speech_warmup.wav", wav[: int(args.warmup_seconds * 16000)])
@@ -264,7 +281,8 @@ def main() -> None:
                  r.audio_seconds / r.wall_seconds)
         what = "head+torso+SR" if R["torso"] else "head+SR (no torso run)"
         setting = (f"{what}, {pipe.renderer.out_size} px, A2M {pipe.a2m.features}, batch {knobs.batch_frames}, {prec}, "
-                   f"max_steps {rs['max_steps']}, T_thresh {rs['T_thresh']:g}")
+                   f"max_steps {rs['max_steps']}, T_thresh {rs['T_thresh']:g}"
+                   + {True: " (as trained)", False: " (NOT the training settings)", None: ""}[rs["matches_training"]])
         res.row(f"inference speed, {args.seconds:g} s audio file -> closed mp4 (warm process), {setting}",
                 f"{r.fps:.1f}", "frames/s")
         res.row(f"inference wall time, {args.seconds:g} s audio file -> closed mp4 (same run, {r.frames} frames)",
@@ -272,7 +290,7 @@ def main() -> None:
         res.save()
 
         # 2. time per stage (CUDA synchronized around each stage)
-        if not args.skip_profile and fits("profile", 1.5 * args.profile_seconds * 25 / fps + 5, args.deadline_s):
+        def profile() -> None:
             pclip = write_wav(out / "speech_profile.wav", wav[: int(args.profile_seconds * 16000)])
             p = pipe.render_result(pclip, out / "talk_profile.mp4", knobs, show_progress=False, profile=True)
             R["profile"] = {"audio_s": p.audio_seconds, "frames": p.frames, "wall_s": p.wall_seconds, "fps": p.fps,
@@ -280,24 +298,28 @@ def main() -> None:
                             "stages_ms_per_frame": {k: 1000 * v / p.frames for k, v in p.timings.items()}}
             (out / "talk_profile.mp4").unlink(missing_ok=True)
             log.info("per stage (synchronized, %g s of audio):\n%s", args.profile_seconds,
-                     "\n".join(f"  {k:<20} {v:8.3f} s {1000 * v / p.frames:8.2f} ms/frame" for k, v in p.timings.items()))
+                     "\n".join(f"  {k:<20} {v:8.3f} s {1000 * v / p.frames:8.2f} ms/frame"
+                               for k, v in p.timings.items()))
             for k, v in R["profile"]["stages_ms_per_frame"].items():
                 res.row(f"inference stage {k} ({args.profile_seconds:g} s audio, CUDA-synchronized profile run)",
                         f"{v:.2f}", "ms/frame")
-            res.save()
+
+        if not args.skip_profile and fits("profile", 1.5 * args.profile_seconds * 25 / fps + 5, args.deadline_s):
+            guarded("profile", profile, res)
 
         # 3. PSNR at exactly these render settings
-        if not args.skip_psnr and fits("PSNR", 2 * args.psnr_frames / fps + 5, args.deadline_s):
+        def psnr() -> None:
             R["psnr"] = psnr_at_render_settings(pipe, knobs, args.psnr_frames)
             log.info("PSNR %.2f dB on %d held-out frames vs %s", R["psnr"]["psnr"], R["psnr"]["frames"],
                      R["psnr"]["target"])
             res.row(f"inference PSNR at these render settings ({R['psnr']['target']}, {R['psnr']['frames']} val "
                     f"frames, {prec})", f"{R['psnr']['psnr']:.2f}", "dB")
-            res.save()
+
+        if not args.skip_psnr and fits("PSNR", 2 * args.psnr_frames / fps + 5, args.deadline_s):
+            guarded("psnr", psnr, res)
 
         # 4. streaming latency
-        stream_cost = args.stream_seconds * max(1.0, 1.3 * 25 / fps) + 5
-        if not args.skip_stream and fits("streaming", stream_cost, args.deadline_s):
+        def stream() -> None:
             sclip = write_wav(out / "speech_stream.wav", wav[: int(args.stream_seconds * 16000)])
             _, st = pipe.render_stream(sclip, out / "stream.mp4", knobs, realtime=True)
             R["stream"] = {"frames": len(st.latencies), "p50_ms": 1000 * st.percentile(50),
@@ -309,7 +331,10 @@ def main() -> None:
                 res.row(f"streaming latency {q}, last sample of a 40 ms chunk -> its frame, {args.stream_seconds:g} s "
                         f"real-time stream, look-ahead {st.lookahead_frames} frames ({st.lookahead_frames * 40} ms) "
                         f"included, {what}", f"{R['stream'][q + '_ms']:.0f}", "ms")
-            res.save()
+
+        stream_cost = args.stream_seconds * max(1.0, 1.3 * 25 / fps) + 5
+        if not args.skip_stream and fits("streaming", stream_cost, args.deadline_s):
+            guarded("stream", stream, res)
     finally:
         R["total_s"] = time.perf_counter() - T_START
         res.save()

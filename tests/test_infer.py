@@ -484,14 +484,43 @@ def test_condition_window_edges():
 
 def test_bench_mel_filter_shim_equals_librosa():
     """bench/bm_infer.py replaces librosa.filters.mel on the GPU machine (no librosa there) with torchaudio's."""
-    import importlib.util
-
     import librosa
 
-    spec = importlib.util.spec_from_file_location("bm_infer", Path(__file__).resolve().parents[1] / "bench" / "bm_infer.py")
-    bm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bm)
+    bm = _bench_module()
     ours = bm.mel_filters(sr=16000, n_fft=512, n_mels=80, fmin=80.0, fmax=7600.0)
     ref = librosa.filters.mel(sr=16000, n_fft=512, n_mels=80, fmin=80.0, fmax=7600.0)
     assert ours.shape == ref.shape == (80, 257)
     np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=1e-4)
+
+
+def _bench_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bm_infer.py"
+    spec = importlib.util.spec_from_file_location("bm_infer", path)
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    return bm
+
+
+def test_bench_checkpoint_flags_and_rows(tmp_path):
+    """--head/--torso/--a2m win, else the stage's file in --ckpt-dir, else None (= latest run); rows are RESULTS.md
+    table rows with the card, the date and the command, written under --out."""
+    bm = _bench_module()
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    for n in ("torso.ckpt", "audio2motion.ckpt"):
+        (carry / n).write_bytes(b"x")
+    args = SimpleNamespace(ckpt_dir=str(carry), head=None, torso=None, a2m="explicit.ckpt")
+    assert bm.checkpoint_args(args) == {"head": None, "torso": str(carry / "torso.ckpt"), "a2m": "explicit.ckpt"}
+    args = SimpleNamespace(ckpt_dir=None, head="h.ckpt", torso="none", a2m=None)
+    assert bm.checkpoint_args(args) == {"head": "h.ckpt", "torso": "none", "a2m": None}
+    with pytest.raises(SystemExit, match="neither"):
+        bm.checkpoint_args(SimpleNamespace(ckpt_dir=str(tmp_path), head=None, torso=None, a2m=None))
+    res = bm.Results(tmp_path, "NVIDIA H100 80GB HBM3", "2026-11-25", "python bench/bm_infer.py --x")
+    res.row("inference speed", "101.0", "frames/s")
+    bm.guarded("broken", lambda: 1 / 0, res)
+    assert "ZeroDivisionError" in json.loads((tmp_path / "results.json").read_text())["errors"]["broken"]
+    line = (tmp_path / "results_rows.md").read_text().strip()
+    assert line == ("| inference speed | 101.0 | frames/s | NVIDIA H100 80GB HBM3 | 2026-11-25 | "
+                    "`python bench/bm_infer.py --x` |")
