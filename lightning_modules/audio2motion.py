@@ -3,13 +3,17 @@
 Losses (each logged as train/loss_<name>, weight as train/lambda_<name>): motion (region-weighted MSE through the
 posterior), prior (the same through the prior at temperature 0: what inference outputs), lms (lip/eye landmark error
 in head units), vel (velocity match), mouth (L1 on mouth opening and lip width), smooth (temporal Laplacian), kl
-(cyclic annealing), sync (a frozen lip-sync expert, optional). Validation decodes each val sequence at temperature 0
-with eyes open and mouth amplitude 1 (the inference defaults) and reports val/lmd (mean lip-point distance, head
-units), val/mouth_r and val/lip_width_r (Pearson r with the tracked mouth opening / width).
+(cyclic annealing), sync (a frozen lip-sync expert, optional). The network that validation, checkpoints and inference
+use is an exponential moving average of the trained weights (`network_ema`, decay `ema_decay`): with a constant
+learning rate the iterates wander around a minimum, and their average generalises better than the last of them.
+Validation decodes each val sequence at temperature 0 with eyes open and mouth amplitude 1 (the inference defaults)
+and reports val/lmd (mean lip-point distance, head units), val/mouth_r and val/lip_width_r (Pearson r with the
+tracked mouth opening / width).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +41,9 @@ class Audio2MotionModule(TalkFieldModule):
     stored); lambda_*: loss weights; kl_max/kl_period/kl_ramp: cyclic KL annealing; region_*: landmark region
     weights; warmup_steps / lr_decay_steps: lr ramps up linearly, then lr * 0.1^(step / lr_decay_steps);
     sync_expert: a lip-sync checkpoint (experiment=lipsync) for the sync loss, or None; init_from: an
-    audio2motion checkpoint whose network weights start this run (e.g. a generic corpus model)."""
+    audio2motion checkpoint whose network weights start this run (e.g. a generic corpus model); ema_decay: decay
+    of the weight average `network_ema` (per step, reached after a warm-up of (1 + step) / (10 + step); 0: the
+    average is the trained network itself)."""
 
     def __init__(self, network: Audio2MotionVAE, optimizer: Callable[..., torch.optim.Optimizer],
                  audio_features: str = "mel", lambda_motion: float = 1.0, lambda_prior: float = 1.0,
@@ -46,7 +52,7 @@ class Audio2MotionModule(TalkFieldModule):
                  lambda_sync: float = 0.2, kl_max: float = 0.02, kl_period: int = 4000, kl_ramp: int = 2000,
                  region_lips: float = 5.0, region_eyes: float = 3.0, region_jaw: float = 1.0,
                  region_other: float = 1.0, warmup_steps: int = 200, lr_decay_steps: int = 100000,
-                 sync_expert: str | None = None, init_from: str | None = None):
+                 sync_expert: str | None = None, init_from: str | None = None, ema_decay: float = 0.998):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "optimizer"])
         self.network = network
@@ -75,9 +81,9 @@ class Audio2MotionModule(TalkFieldModule):
             self.expert.eval()
         if init_from:
             ck = load_checkpoint(init_from, stage=STAGE, subject=None, fingerprint_=None, allow_generic=True)
-            sd = {k[len("network."):]: v for k, v in ck["state_dict"].items() if k.startswith("network.")}
-            self.network.load_state_dict(sd)
+            self.network.load_state_dict(network_weights(ck["state_dict"]))
             log.info("network weights from %s (%s)", init_from, ck[META_KEY].get("subject") or "generic model")
+        self.network_ema = copy.deepcopy(self.network).requires_grad_(False)
         self._trained_on: list[dict] = []
         self._person: PersonMotion | None = None
 
@@ -96,6 +102,7 @@ class Audio2MotionModule(TalkFieldModule):
         if not self.hparams.init_from:
             mean, std = dm.feature_stats()
             self.network.cond.set_feature_stats(mean, std)
+            self.network_ema.cond.set_feature_stats(mean, std)
         log.info("audio2motion: audio features %s (%d channels), %d subject(s)%s", self.hparams.audio_features,
                  self.network.feat_dim, len(dm.clips), ", generic corpus model" if dm.corpus else "")
 
@@ -129,10 +136,21 @@ class Audio2MotionModule(TalkFieldModule):
         self.log("train/loss", loss)
         return self.guard_loss(loss)
 
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """network_ema <- d * network_ema + (1 - d) * network, d = min(ema_decay, (1 + step) / (10 + step))."""
+        step = self.global_step
+        d = min(float(self.hparams.ema_decay), (1.0 + step) / (10.0 + step))
+        for e, p in zip(self.network_ema.parameters(), self.network.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.network_ema.buffers(), self.network.buffers()):
+            e.copy_(b)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         clip = self._clips[int(batch["subject_idx"][0])]
         x = batch["motion"]
-        pred = self.network.infer(batch["features"], batch["f0"], None, 1.0, 0.0)
+        self.network_ema.eval()
+        pred = self.network_ema.infer(batch["features"], batch["f0"], None, 1.0, 0.0)
         self.log("val/loss_prior", L.weighted_mse(pred, x, self.weights), batch_size=1)
         po = denormalize_motion(pred[0], clip.stats).cpu().numpy()
         go = denormalize_motion(x[0], clip.stats).cpu().numpy()
@@ -175,6 +193,13 @@ class Audio2MotionModule(TalkFieldModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def network_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights inference uses from an audio2motion checkpoint's state_dict: the weight average (network_ema.*),
+    or network.* in checkpoints written before it existed."""
+    prefix = "network_ema." if any(k.startswith("network_ema.") for k in state_dict) else "network."
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def build_network(meta: dict[str, Any]) -> nn.Module:
     """Rebuild the network a checkpoint was trained with from its resolved config (meta['config'])."""
     from hydra.utils import instantiate
@@ -198,8 +223,7 @@ def load_audio2motion(path: str | Path, subject: str | None, fingerprint: str | 
                          map_location="cpu")
     meta = ck[META_KEY]
     net = build_network(meta)
-    sd = {k[len("network."):]: v for k, v in ck["state_dict"].items() if k.startswith("network.")}
-    net.load_state_dict(sd)
+    net.load_state_dict(network_weights(ck["state_dict"]))
     net.to(torch.device(map_location)).eval()
     p = ck.get("audio2motion_person")
     person = None

@@ -88,8 +88,11 @@ def ensure_subject(cfg: DictConfig) -> str | None:
 
         log.info("subject %r is missing: generating the synthetic sample (seed %s, %ss, %spx) and preprocessing it",
                  name, syn.seed, syn.duration, syn.size)
+        pitch = syn.get("voice_pitch")
         video = generate_sample(Path(cfg.paths.sources_dir) / name, seed=int(syn.seed), duration=float(syn.duration),
-                                size=int(syn.size), fps=int(syn.get("fps", 25)))
+                                size=int(syn.size), fps=int(syn.get("fps", 25)),
+                                face_variation=float(syn.get("face_variation") or 0.0),
+                                voice_pitch=None if pitch is None else float(pitch))
         preprocess_video(Path(video), name, data_dir)
     return open_subject(data_dir, name).fingerprint
 

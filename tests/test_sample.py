@@ -383,6 +383,37 @@ def test_bad_settings_are_refused(tmp_path, kw, name):
     assert not (tmp_path / "sample.mp4").exists()
 
 
+def test_face_geometry_and_voice_pitch_options(sample, tmp_path):
+    from datamodules.sample import generate_sample, sample_is_complete
+
+    _, _, man0, a0 = sample
+    assert man0["face_geometry"] == {"mouth_width": 1.0, "mouth_height": 1.0, "chin_length": 1.0}
+    assert "face_variation" not in man0["settings"]  # the default face and voice keep the settings they had
+    kw = dict(seed=SEED, duration=1.0, size=128, fps=FPS, face_variation=0.25, voice_pitch=110.0)
+    generate_sample(tmp_path / "a", **kw)
+    generate_sample(tmp_path / "b", **kw)
+    man, a = _load(tmp_path / "a")
+    _, b = _load(tmp_path / "b")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # deterministic from the seed
+    assert sample_is_complete(tmp_path / "a", **kw)
+    assert not sample_is_complete(tmp_path / "a", **{**kw, "voice_pitch": None})
+    scales = man["face_geometry"]
+    assert any(abs(v - 1.0) > 0.05 for v in scales.values()) and all(abs(v - 1) <= 0.25 for v in scales.values())
+    r0, r = a0["rest_landmarks_3d"], a["rest_landmarks_3d"]
+    np.testing.assert_allclose(r[RIGID], r0[RIGID], atol=1e-9)  # head units and the canonical origin kept
+    ratio = lip_width(r[None])[0] / lip_width(r0[None])[0]
+    assert abs(ratio - scales["mouth_width"]) < 0.5 * abs(scales["mouth_width"] - 1) + 0.02
+    # the same face and phones with the default voice: the pitch contour is the same shape, 110 / 195 as high
+    generate_sample(tmp_path / "c", **{**kw, "voice_pitch": None})
+    _, c = _load(tmp_path / "c")
+    np.testing.assert_array_equal(c["rest_landmarks_3d"], r)
+    np.testing.assert_allclose(a["f0"] / c["f0"], 110.0 / 195.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="face_variation"):
+        generate_sample(tmp_path / "c", face_variation=0.9)
+    with pytest.raises(ValueError, match="voice_pitch"):
+        generate_sample(tmp_path / "c", voice_pitch=5.0)
+
+
 def test_cli_refuses_unknown_keys(capsys):
     from datamodules.sample.__main__ import main
 

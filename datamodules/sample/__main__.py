@@ -1,5 +1,5 @@
 """CLI: python -m datamodules.sample out=<dir> [seed=0] [duration=30] [size=512] [fps=25] [sample_rate=16000]
-[force=false]"""
+[face_variation=0] [voice_pitch=<Hz>] [force=false]"""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 from .generator import generate_sample
 
 USAGE = __doc__.strip()
-KEYS = {"out": str, "seed": int, "duration": float, "size": int, "fps": float, "sample_rate": int, "force": str}
+KEYS = {"out": str, "seed": int, "duration": float, "size": int, "fps": float, "sample_rate": int,
+        "face_variation": float, "voice_pitch": float, "force": str}
 
 
 def main(argv: list[str] | None = None) -> int:

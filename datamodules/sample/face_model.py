@@ -15,6 +15,7 @@ Texture coordinates are the rest projections into the photo, so the rest pose re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections import defaultdict
@@ -523,3 +524,55 @@ def build_face_model() -> FaceModel:
                      extra_jaw=extra_jaw, extra_tris=extra_tris, extra_layer=extra_layer, grid_pos=grid_pos,
                      grid_uv=grid_uv, grid_head=head_w, grid_normals=gn, grid_tris=gtris, texture=atlas,
                      plate=plate, pivot=pivot, torso_pivot=chest)
+
+
+# --------------------------------------------------------------------------------------------- other faces
+FACE_VARIATION_MAX = 0.3
+"""Largest `face_variation` (each proportion changes by at most this fraction)."""
+
+
+def vary_face(model: FaceModel, rng: np.random.Generator, amount: float) -> tuple[FaceModel, dict]:
+    """Another face geometry on the same photo, deterministic given `rng`: mouth width, mouth height and the chin's
+    length below the lower lip scaled by 1 + amount * U(-1, 1), 1 + amount * U(-1, 1) and 1 + amount * U(0, 1).
+
+    The warp is a smooth function of canonical position that is linear (the scales) around the mouth and fades to
+    the identity (cosine falloff) before the nearest rigid point (forehead, nose bridge, temples, eye corners), so
+    head units, the canonical origin and the face oval's seam with the hair/neck grid stay as they are. It moves
+    the rest shape and the mouth's extra geometry (cavity, teeth) alike, and the lip deformation fields become
+    warp(rest + field) - warp(rest), so a closed mouth still closes. Returns (model, the drawn scales).
+    """
+    if not 0 <= amount <= FACE_VARIATION_MAX:
+        raise ValueError(f"sample generator: face_variation must be in [0, {FACE_VARIATION_MAX}], got {amount!r}")
+    u = rng.uniform(-1.0, 1.0, 3)
+    sx, sy = 1.0 + amount * u[:2]
+    sc = 1.0 + amount * abs(u[2])  # only longer: a shorter chin would uncover the photo's own chin behind it
+    rest = model.rest
+    m = rest[[13, 14]].mean(0)
+    metric = np.array([0.6, 1.0, 1.0])  # distances count less sideways: the mouth is wider than it is tall
+
+    def dist(X: np.ndarray) -> np.ndarray:
+        return np.linalg.norm((X - m) * metric, axis=-1)
+
+    r1 = 0.95 * float(dist(rest[RIGID]).min())
+    r0 = 0.5 * r1
+    y_chin = m[1] + 0.15  # below the lower lip
+    half_w = 0.6  # the chin stretch fades out sideways over this many head units
+
+    def warp(X: np.ndarray) -> np.ndarray:
+        d = X - m
+        r = dist(X)
+        w = np.clip((r1 - r) / (r1 - r0), 0.0, 1.0)
+        w = 0.5 - 0.5 * np.cos(np.pi * w)
+        out = X + w[:, None] * d * np.array([sx - 1.0, sy - 1.0, 0.0])
+        below = np.clip(X[:, 1] - y_chin, 0.0, None)
+        side = np.clip(1.0 - np.abs(d[:, 0]) / half_w, 0.0, 1.0)
+        side = 0.5 - 0.5 * np.cos(np.pi * side)
+        out[:, 1] += (sc - 1.0) * below * side
+        return out
+
+    new_rest = warp(rest)
+    fields = dict(model.fields)
+    for k in ("close", "wide", "round"):
+        fields[k] = warp(rest + model.fields[k]) - new_rest
+    varied = dataclasses.replace(model, rest=new_rest, fields=fields, extra_pos=warp(model.extra_pos))
+    return varied, {"mouth_width": float(sx), "mouth_height": float(sy), "chin_length": float(sc)}

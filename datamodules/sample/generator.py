@@ -24,10 +24,10 @@ from talkfield.camera import rotation_matrix
 from talkfield.landmarks import lip_width, mouth_opening
 from talkfield.media import VideoWriter
 
-from .face_model import REF_SIZE, build_face_model
+from .face_model import FACE_VARIATION_MAX, REF_SIZE, build_face_model, vary_face
 from .motion import blink_track, head_motion, torso_motion
 from .render import FrameState, Renderer
-from .speech import phone_timeline, synthesize
+from .speech import DEFAULT_PITCH_HZ, phone_timeline, synthesize
 from .visemes import ARTICULATORS, VISEMES, frame_articulation, viseme_of
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ VISUAL_LEAD_S = 0.06
 VIDEO_NAME, GT_DIR, MANIFEST = "sample.mp4", "ground_truth", "ground_truth.json"
 
 
-def _check_settings(duration, size, fps, sample_rate) -> None:
+def _check_settings(duration, size, fps, sample_rate, face_variation=0.0, voice_pitch=None) -> None:
     def bad(x):
         return not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(float(x)) or x <= 0
 
@@ -54,24 +54,38 @@ def _check_settings(duration, size, fps, sample_rate) -> None:
         raise ValueError(f"sample generator: fps must be a positive frame rate, got {fps!r}")
     if bad(sample_rate) or int(sample_rate) != sample_rate or sample_rate < 8000:
         raise ValueError(f"sample generator: sample_rate must be a whole number of Hz >= 8000, got {sample_rate!r}")
+    number = isinstance(face_variation, (int, float, np.integer, np.floating))
+    if not number or not 0 <= face_variation <= FACE_VARIATION_MAX:
+        raise ValueError(f"sample generator: face_variation must be in [0, {FACE_VARIATION_MAX}] (0: the photo's own "
+                         f"face), got {face_variation!r}")
+    if voice_pitch is not None and (bad(voice_pitch) or not 60 <= voice_pitch <= 400):
+        raise ValueError(f"sample generator: voice_pitch must be a pitch level in Hz within [60, 400] (None: the "
+                         f"default {DEFAULT_PITCH_HZ:g} Hz voice), got {voice_pitch!r}")
     if round(duration * fps) < 1:
         raise ValueError(f"sample generator: duration {duration!r} s at fps {fps!r} gives no frame; "
                          "use a longer duration")
 
 
-def _settings(seed, duration, size, fps, sample_rate) -> dict:
-    return {"seed": int(seed), "requested_duration": float(duration), "size": int(size), "fps": float(fps),
-            "sample_rate": int(sample_rate), "version": GENERATOR_VERSION}
+def _settings(seed, duration, size, fps, sample_rate, face_variation=0.0, voice_pitch=None) -> dict:
+    out = {"seed": int(seed), "requested_duration": float(duration), "size": int(size), "fps": float(fps),
+           "sample_rate": int(sample_rate), "version": GENERATOR_VERSION}
+    # only when they differ from the default face and voice (so samples made before these options stay complete)
+    if face_variation:
+        out["face_variation"] = float(face_variation)
+    if voice_pitch is not None:
+        out["voice_pitch"] = float(voice_pitch)
+    return out
 
 
-def sample_is_complete(out_dir: Path, *, seed=0, duration=30.0, size=512, fps=25, sample_rate=16000) -> bool:
+def sample_is_complete(out_dir: Path, *, seed=0, duration=30.0, size=512, fps=25, sample_rate=16000,
+                       face_variation=0.0, voice_pitch=None) -> bool:
     """True when `out_dir` holds a complete sample made with exactly these settings."""
     out_dir = Path(out_dir)
     try:
         man = json.loads((out_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    if man.get("settings") != _settings(seed, duration, size, fps, sample_rate):
+    if man.get("settings") != _settings(seed, duration, size, fps, sample_rate, face_variation, voice_pitch):
         return False
     files = [out_dir / man.get("video", VIDEO_NAME), out_dir / GT_DIR / "phones.json"]
     files += [out_dir / a["file"] for a in man.get("arrays", {}).values()]
@@ -79,19 +93,25 @@ def sample_is_complete(out_dir: Path, *, seed=0, duration=30.0, size=512, fps=25
 
 
 def generate_sample(out_dir: Path, *, seed: int = 0, duration: float = 30.0, size: int = 512, fps: float = 25,
-                    sample_rate: int = 16000, force: bool = False) -> Path:
+                    sample_rate: int = 16000, face_variation: float = 0.0, voice_pitch: float | None = None,
+                    force: bool = False) -> Path:
     """Write the synthetic sample subject into `out_dir` and return the path of its mp4.
 
-    Deterministic from `seed`; skipped when a complete sample with the same settings exists (unless `force`);
-    atomic: everything is written into a temporary folder inside `out_dir` and moved into place, the manifest
-    last, so a failure leaves either the previous complete sample or no manifest. T = round(duration * fps)
-    frames; the audio has exactly round(T * sample_rate / fps) samples.
+    face_variation: 0 = the photo's own face geometry; > 0 (at most FACE_VARIATION_MAX) another face drawn from
+    `seed`: mouth width and height change by up to +-face_variation, the chin lengthens by up to face_variation
+    (`face_model.vary_face`). voice_pitch: the voice's pitch level in Hz (None: the default voice, about
+    DEFAULT_PITCH_HZ = 195 Hz; e.g. 110 for a low voice); the intonation keeps its shape.
+    Deterministic from `seed` (and these two options); skipped when a complete sample with the same settings
+    exists (unless `force`); atomic: everything is written into a temporary folder inside `out_dir` and moved into
+    place, the manifest last, so a failure leaves either the previous complete sample or no manifest.
+    T = round(duration * fps) frames; the audio has exactly round(T * sample_rate / fps) samples.
     """
-    _check_settings(duration, size, fps, sample_rate)
+    _check_settings(duration, size, fps, sample_rate, face_variation, voice_pitch)
     out_dir = Path(out_dir)
     video_path = out_dir / VIDEO_NAME
     if not force and sample_is_complete(out_dir, seed=seed, duration=duration, size=size, fps=fps,
-                                        sample_rate=sample_rate):
+                                        sample_rate=sample_rate, face_variation=face_variation,
+                                        voice_pitch=voice_pitch):
         log.debug("sample subject already complete in %s", out_dir)
         return video_path
     log.info("generating the synthetic sample subject in %s (seed %d, %.1f s, %dx%d px, %g fps, %d Hz)",
@@ -103,7 +123,8 @@ def generate_sample(out_dir: Path, *, seed: int = 0, duration: float = 30.0, siz
     (tmp / GT_DIR).mkdir(parents=True)
     try:
         manifest = _generate_into(tmp, seed=int(seed), duration=float(duration), size=int(size), fps=float(fps),
-                                  sample_rate=int(sample_rate))
+                                  sample_rate=int(sample_rate), face_variation=float(face_variation),
+                                  voice_pitch=voice_pitch)
         manifest["elapsed_s"] = round(time.perf_counter() - t_start, 2)
         # move into place: the old manifest goes first (so a crash leaves an incomplete, regenerated sample)
         (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -120,15 +141,19 @@ def generate_sample(out_dir: Path, *, seed: int = 0, duration: float = 30.0, siz
     return video_path
 
 
-def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: float, sample_rate: int) -> dict:
+def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: float, sample_rate: int,
+                   face_variation: float = 0.0, voice_pitch: float | None = None) -> dict:
     T = int(round(duration * fps))
     n_audio = int(round(T * sample_rate / fps))
     dur = T / fps
     ss = np.random.SeedSequence(seed)
-    rng_speech, rng_voice, rng_head, rng_blink = (np.random.default_rng(s) for s in ss.spawn(4))
+    # a fifth child for the face: the first four (and so the default face's output) are what they always were
+    rng_speech, rng_voice, rng_head, rng_blink, rng_face = (np.random.default_rng(s) for s in ss.spawn(5))
+    pitch_hz = DEFAULT_PITCH_HZ if voice_pitch is None else float(voice_pitch)
 
     phones = phone_timeline(rng_speech, dur)
-    audio, tracks = synthesize(phones, n_audio / sample_rate, sample_rate, rng_voice, return_tracks=True)
+    audio, tracks = synthesize(phones, n_audio / sample_rate, sample_rate, rng_voice, return_tracks=True,
+                               pitch_hz=pitch_hz)
     audio = np.pad(audio[:n_audio], (0, max(0, n_audio - len(audio))))
     t50 = np.arange(2 * T) * 0.02  # the contract's 50 Hz feature grid: row i centred at 20 ms * i
     f0 = np.interp(t50, tracks["t"], tracks["f0"])
@@ -139,6 +164,9 @@ def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: flo
     blink, blink_times = blink_track(rng_blink, T, fps)
 
     model = build_face_model()
+    face = {"mouth_width": 1.0, "mouth_height": 1.0, "chin_length": 1.0}
+    if face_variation > 0:
+        model, face = vary_face(model, rng_face, face_variation)
     ren = Renderer(model, size)
     R_head = rotation_matrix(*np.radians(head_ang).T)
     R_torso = rotation_matrix(*np.radians(torso_ang).T)
@@ -195,7 +223,9 @@ def _generate_into(tmp: Path, *, seed: int, duration: float, size: int, fps: flo
     phone_list = [dict(p.to_dict(), viseme=viseme_of(p.label)) for p in phones]
     (gt / "phones.json").write_text(json.dumps(phone_list, indent=0))
     return {
-        "generator": "datamodules.sample", "settings": _settings(seed, duration, size, fps, sample_rate),
+        "generator": "datamodules.sample",
+        "settings": _settings(seed, duration, size, fps, sample_rate, face_variation, voice_pitch),
+        "face_geometry": {k: round(v, 6) for k, v in face.items()}, "voice_pitch_hz": pitch_hz,
         "video": VIDEO_NAME, "frames": T, "duration": dur, "fps": fps, "size": size, "sample_rate": sample_rate,
         "audio_samples": n_audio, "visual_lead_s": VISUAL_LEAD_S,
         "timing": "frame i is the picture at i / fps; audio sample 0 plays with frame 0; the face shows the "

@@ -154,9 +154,16 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.convolve(pad[:, i], k, mode="same") for i in range(x.shape[1])], 1)[n:-n]
 
 
+DEFAULT_PITCH_HZ = 195.0
+"""The default voice's pitch level (Hz): `pitch_contour` moves around it (phrases 215 -> 175 Hz, accents above)."""
+
+
 def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.random.Generator,
-               return_tracks: bool = False):
+               return_tracks: bool = False, pitch_hz: float = DEFAULT_PITCH_HZ):
     """Render the timeline to mono float32 audio [round(duration * sample_rate)] in [-1, 1].
+
+    pitch_hz: the voice's pitch level; the whole contour is scaled by pitch_hz / DEFAULT_PITCH_HZ (intonation keeps
+    its shape in semitones), the rest of the voice (formants, noise) is unchanged.
 
     With `return_tracks`, also returns {"t": control times [C] s, "f0": Hz [C], "voicing": amplitude [C]}.
     """
@@ -197,7 +204,7 @@ def synthesize(phones: list[Phone], duration: float, sample_rate: int, rng: np.r
     for k in noise_amp:
         noise_amp[k] = _smooth(noise_amp[k], max(1, int(0.004 * sr / hop)))
 
-    f0 = pitch_contour(rng, phones, tc)
+    f0 = pitch_contour(rng, phones, tc) * (float(pitch_hz) / DEFAULT_PITCH_HZ)
     t = np.arange(n) / sr
     f0_s = np.interp(t, tc, f0) * (1 + 0.004 * rng.standard_normal(n).cumsum() / np.sqrt(np.arange(1, n + 1)))
     phase = np.cumsum(f0_s / sr)
