@@ -25,9 +25,10 @@ are written after every section, so a run stopped from outside keeps what it mea
 Writes OUTDIR/results.json, OUTDIR/results_rows.md (rows for bench/RESULTS.md, also printed at the end),
 OUTDIR/talk.mp4 (the 60 s render).
 Needs on the GPU machine: hydra-core + omegaconf + antlr4 (checkpoints rebuild their modules with
-hydra.utils.instantiate), av (encoding) and pyworld (f0) wheels. librosa is not needed: when it is missing, the one
-function log-mel uses (librosa.filters.mel) is provided from torchaudio's identical Slaney filterbank
-(`mel_filters_shim`; tests/test_infer.py checks it equals librosa's).
+hydra.utils.instantiate), av (encoding) and pyworld (f0) wheels; `preflight` checks them in seconds before anything
+is loaded. pyworld 0.3.5 imports pkg_resources, which setuptools >= 81 lacks: `pkg_resources_shim` stands in.
+librosa is not needed: when it is missing, the one function log-mel uses (librosa.filters.mel) is provided from
+torchaudio's identical Slaney filterbank (`mel_filters_shim`; tests/test_infer.py checks it equals librosa's).
 """
 
 from __future__ import annotations
@@ -82,6 +83,42 @@ def mel_filters_shim() -> bool:
     lib.filters = filters
     sys.modules["librosa"], sys.modules["librosa.filters"] = lib, filters
     return True
+
+
+def pkg_resources_shim() -> bool:
+    """pyworld 0.3.5 reads its version with `pkg_resources`, which setuptools >= 81 no longer ships (Python 3.12
+    environments such as the GPU machine's): provide get_distribution(name).version from importlib.metadata.
+    True if the shim was installed."""
+    try:
+        import pkg_resources  # noqa: F401
+
+        return False
+    except ImportError:
+        pass
+    import importlib.machinery
+    import importlib.metadata
+
+    mod = types.ModuleType("pkg_resources")
+    mod.__spec__ = importlib.machinery.ModuleSpec("pkg_resources", None)
+    mod.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
+    sys.modules["pkg_resources"] = mod
+    return True
+
+
+def preflight() -> None:
+    """Fail in seconds, before any model is loaded, when a module the timed path needs is missing."""
+    pkg_resources_shim()
+    missing = []
+    for mod, why in (("pyworld", "f0 of the speech (carry a wheel for this Python)"), ("av", "decode + mp4 encode"),
+                     ("cv2", "resizing"), ("hydra", "checkpoints rebuild their modules"), ("omegaconf", "hydra"),
+                     ("lightning.pytorch", "the stage modules"), ("tqdm", "progress bar"),
+                     ("torchaudio", "the mel filterbank when librosa is missing")):
+        try:
+            __import__(mod)
+        except Exception as e:  # noqa: BLE001  (an ImportError, or a broken extension)
+            missing.append(f"{mod} ({why}): {type(e).__name__}: {e}")
+    if missing:
+        raise SystemExit("bm_infer: missing on this machine:\n  " + "\n  ".join(missing))
 
 
 def speech(ds, audio: str | None, seconds: float) -> np.ndarray:
@@ -236,6 +273,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    preflight()
     from talkfield.inference import Knobs, TalkingHeadPipeline
 
     cuda = torch.cuda.is_available() and args.device != "cpu"

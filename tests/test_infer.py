@@ -524,3 +524,15 @@ def test_bench_checkpoint_flags_and_rows(tmp_path):
     line = (tmp_path / "results_rows.md").read_text().strip()
     assert line == ("| inference speed | 101.0 | frames/s | NVIDIA H100 80GB HBM3 | 2026-11-25 | "
                     "`python bench/bm_infer.py --x` |")
+
+
+def test_bench_pkg_resources_shim(monkeypatch):
+    """pyworld imports pkg_resources only for its version; setuptools >= 81 (the GPU machine's Python 3.12) has none."""
+    import sys
+
+    bm = _bench_module()
+    monkeypatch.setitem(sys.modules, "pkg_resources", None)  # `import pkg_resources` now raises ImportError
+    assert bm.pkg_resources_shim()
+    import pkg_resources
+
+    assert pkg_resources.get_distribution("numpy").version == np.__version__
