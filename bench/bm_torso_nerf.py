@@ -50,16 +50,20 @@ COMPARE = {
 
 
 def export_head(run_dir: Path, dst: Path) -> Path:
-    """Weights-only copy of a head run's last checkpoint (float16 only if float32 does not fit MAX_RETURN_BYTES)."""
+    """Weights-only copy of a run's last checkpoint (tensors of >= 65,536 elements in float16 only if float32 does
+    not fit MAX_RETURN_BYTES)."""
     from talkfield.runs import find_checkpoint, save_weights_only
 
     src = find_checkpoint(run_dir, "last") if run_dir.is_dir() else run_dir
     ckpt = torch.load(src, map_location="cpu", weights_only=False)  # our own run (its hparams hold factories)
     save_weights_only(ckpt, dst)
     if dst.stat().st_size > MAX_RETURN_BYTES:
-        ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        # only the large tables travel as float16; small tensors (statistics, MLP biases, scalars) stay float32,
+        # so checks against the dataset (e.g. the head's motion statistics) see the trained values
+        ckpt["state_dict"] = {k: v.half() if v.is_floating_point() and v.numel() >= 65536 else v
+                              for k, v in ckpt["state_dict"].items()}
         save_weights_only(ckpt, dst)
-        print(f"head weights stored as float16 ({dst.stat().st_size / 2**20:.1f} MiB)", flush=True)
+        print(f"large tensors stored as float16 ({dst.stat().st_size / 2**20:.1f} MiB)", flush=True)
     print(f"exported {src} -> {dst} ({dst.stat().st_size / 2**20:.1f} MiB)", flush=True)
     return dst
 

@@ -242,7 +242,8 @@ class TorsoNeRFModule(TalkFieldModule):
         window = int(self.head.field.condition.window)
         if dm.window != window:
             raise ValueError(f"the head was trained with a {window}-frame condition window; pass data.window={window}")
-        if not torch.allclose(self.head.motion_stats.cpu(), dm.motion_stats, atol=1e-5):
+        # rtol: a head carried with float16 tables (bench/bm_torso_nerf.py --export-head) may hold rounded statistics
+        if not torch.allclose(self.head.motion_stats.cpu().float(), dm.motion_stats, rtol=2e-3, atol=1e-5):
             raise CheckpointError("the head's motion statistics differ from the dataset's: the head was trained on "
                                   "another preprocessing of this subject; retrain the head")
         self.field.codes.set_num_train(dm.num_train)
