@@ -44,9 +44,10 @@ def study_rows(study: dict) -> dict[str, list[str]]:
 
 def commands(study: dict, extra: list[str], rows: list[str] | None = None) -> list[list[str]]:
     """The train.py multirun command of every row (or of the named `rows`). Each row gets its own run id
-    (<time>_r<row index>), so rows that start in the same second (e.g. one per GPU) never share a run directory."""
+    (<time>_<study>_r<row index>), so rows of any study that start in the same second (one process per GPU or per
+    row, several studies at once) never share a run directory."""
     seeds = ",".join(str(s) for s in study["seeds"])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}_{study['study']}"
     all_rows = study_rows(study)
     unknown = sorted(set(rows or []) - set(all_rows))
     if unknown:

@@ -87,6 +87,14 @@ def test_rows_option_selects_rows_and_rejects_unknown_ones():
         commands(study, [], rows=["no such row"])
 
 
+def test_two_studies_started_together_never_share_run_ids():
+    # seen on the H100: a sweep and an ablation launched in the same second shared <time>_r<i> run directories
+    a = load_study(ROOT / "experiments" / "sweeps" / "lambda_lpips_multirun.yaml")
+    b = load_study(ROOT / "experiments" / "ablations" / "ambient.yaml")
+    ids = [c[-1] for c in commands(a, []) + commands(b, [])]
+    assert len(set(ids)) == len(ids)
+
+
 def test_launcher_gives_each_gpu_its_own_worker(monkeypatch, capsys):
     from experiments.launch_agents import main, study_jobs, visible_gpus, wandb_jobs
 
