@@ -54,7 +54,7 @@ run)
   while [ "$(elapsed)" -lt ${STUDY_DEADLINE:-535} ] && pgrep -f experiments.run_study >/dev/null; do sleep 5; done
   echo "studies done or stopped at $(elapsed) s"
   pgrep -f experiments.run_study >/dev/null && echo "STILL RUNNING: some rows are incomplete"
-  tail -3 $TF/study_*.log | cut -c1-200
+  for f in $TF/study_*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-200; done
   python3 - <<'EOF'
 # pack every study run's summary, config, eval.json and renders (PNG -> JPEG q95 to fit what may come back)
 import io, os, tarfile
