@@ -12,6 +12,10 @@ Ops (N rays, M packed samples, A alive rays):
                      -> weights_sum [N], ambient_sum [N] | [N,k], depth [N], image [N,3]
     march_rays / composite_rays / render_inference: the inference loop
     OccupancyGrid, GridEncoder (nn.Modules); grid_encode, packbits, morton3d(_invert), morton3d_dilation
+
+grid_encode and composite_rays_train are PyTorch custom operators (``torch.ops.talkfield.*``, see
+:mod:`cuda_ext._ops`) with fake implementations and registered backwards, so ``torch.compile(fullgraph=True)``
+traces a field through them; registering them at import compiles nothing.
 """
 
 from ._backend import is_available

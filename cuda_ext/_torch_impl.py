@@ -26,9 +26,11 @@ __all__ = [
     "_morton3d_dilation",
     "_march_rays_train",
     "_composite_rays_train",
+    "_composite_rays_train_backward",
     "_march_rays",
     "_composite_rays",
     "_grid_encode",
+    "_grid_encode_backward",
 ]
 
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -298,6 +300,48 @@ def _composite_rays_train(
     return place(weights_sum), (ambient_sum[:, 0] if squeeze else ambient_sum), place(depth), place(image)
 
 
+def _composite_rays_train_backward(
+    g_ws: Tensor, g_amb: Tensor, g_depth: Tensor, g_image: Tensor, sigmas: Tensor, rgbs: Tensor, deltas: Tensor,
+    rays: Tensor, ws: Tensor, depth: Tensor, image: Tensor, T_thresh: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """PyTorch implementation of the CUDA backward of :func:`cuda_ext.composite_rays_train` (no autograd: the
+    kernel's closed form, using the forward's outputs ws [N], depth [N], image [N, 3]).
+
+    g_ws [N], g_amb [N, k], g_depth [N], g_image [N, 3]: gradients of the outputs; sigmas [M], rgbs [M, 3],
+    deltas [M, 2], rays [N, 3] int32: the forward's inputs. Returns v_sigmas [M], v_rgbs [M, 3], v_ambient [M, k]
+    (zero for samples after a ray's early termination).
+    """
+    m, n, k = sigmas.shape[0], rays.shape[0], g_amb.shape[1]
+    v_sig, v_rgb, v_amb = sigmas.new_zeros(m), sigmas.new_zeros(m, 3), sigmas.new_zeros(m, k)
+    if m == 0 or n == 0:
+        return v_sig, v_rgb, v_amb
+    width = max(int(rays[:, 2].max().item()), 1)
+    sig, valid, src = _to_padded(sigmas, rays, width)
+    col, _, _ = _to_padded(rgbs, rays, width)
+    dl, _, _ = _to_padded(deltas, rays, width)
+    tau = torch.where(valid, sig * dl[..., 0], torch.zeros_like(sig))
+    t_before = torch.exp(-(torch.cumsum(tau, dim=1) - tau))  # as the forward twin computes it (same `used`)
+    e = torch.exp(-tau)
+    t_after = t_before * e
+    used = valid & (t_before >= T_thresh)
+    w = torch.where(used, (1.0 - e) * t_before, torch.zeros_like(tau))
+    ray = rays[:, 0].long()
+    gw, gd, gc = g_ws[ray][:, None], g_depth[ray][:, None], g_image[ray][:, None, :]  # [N, 1], [N, 1], [N, 1, 3]
+    # d(sum_j w_j c_j)/d sigma_s = dt_s * (T_{s+1} c_s - sum_{j>s} w_j c_j); the tail sums from the final outputs
+    tail_ws = ws[ray][:, None] - torch.cumsum(w, dim=1)
+    tail_d = depth[ray][:, None] - torch.cumsum(w * dl[..., 1], dim=1)
+    tail_c = image[ray][:, None, :] - torch.cumsum(w[..., None] * col, dim=1)
+    v = dl[..., 0] * (gw * (t_after - tail_ws) + gd * (t_after * dl[..., 1] - tail_d)
+                      + (gc * (t_after[..., None] * col - tail_c)).sum(-1))
+    zero = torch.zeros_like(v)
+    flat = src.reshape(-1)
+    v_sig.index_add_(0, flat, torch.where(used, v, zero).reshape(-1))
+    v_rgb.index_add_(0, flat, torch.where(used[..., None], w[..., None] * gc, zero[..., None]).reshape(-1, 3))
+    g_a = g_amb[ray][:, None, :].expand(n, width, k)
+    v_amb.index_add_(0, flat, torch.where(used[..., None], g_a, torch.zeros_like(g_a)).reshape(-1, k))
+    return v_sig, v_rgb, v_amb
+
+
 def _composite_rays(
     sigmas: Tensor, rgbs: Tensor, deltas: Tensor, alive: Tensor, rays_t: Tensor,
     weights_sum: Tensor, depth: Tensor, image: Tensor, T_thresh: float = 1e-2,
@@ -335,6 +379,29 @@ def _composite_rays(
 # --------------------------------------------------------------------------------------------------
 # multi-resolution grid encoding
 # --------------------------------------------------------------------------------------------------
+def _corner_index(pgl: Tensor, corner: int, res: int, size: int, hashed: bool) -> Tensor:
+    """Table row (within its level) of one corner of each point's cell: pgl [B, D] int64 lower grid coords,
+    corner: bit ax set = upper neighbour along axis ax. Row-major (uint32 arithmetic) or XOR-prime hash, mod size."""
+    idx = torch.zeros(pgl.shape[0], dtype=torch.long, device=pgl.device)
+    stride = 1
+    for ax in range(pgl.shape[1]):
+        cg = pgl[:, ax] + ((corner >> ax) & 1)
+        if hashed:
+            idx = idx ^ ((cg * HASH_PRIMES[ax]) & _U32)
+        else:
+            idx = (idx + ((cg * stride) & _U32)) & _U32
+            stride = (stride * (res + 1)) & _U32
+    return (idx & _U32) % size
+
+
+def _level_position(x01: Tensor, scale: float) -> Tuple[Tensor, Tensor, float]:
+    """x01 [B, D] in [0, 1] -> (frac [B, D], lower grid coords [B, D] int64, the float32 scale the kernel reads)."""
+    s32 = struct.unpack("f", struct.pack("f", scale))[0]
+    pos = x01 * s32 + 0.5
+    pg = torch.floor(pos)
+    return pos - pg, pg.detach().long(), s32
+
+
 def _grid_encode(
     inputs: Tensor, embeddings: Tensor, offsets: Sequence[int], resolutions: Sequence[int],
     scales: Sequence[float], hashed: Sequence[bool], bound: float = 1.0,
@@ -355,28 +422,59 @@ def _grid_encode(
     feats = []
     for lvl in range(len(resolutions)):
         size = int(offsets[lvl + 1] - offsets[lvl])
-        res = int(resolutions[lvl])
-        s32 = struct.unpack("f", struct.pack("f", scales[lvl]))[0]  # the kernel reads float32 scales
-        pos = x01 * s32 + 0.5
-        pg = torch.floor(pos)
-        frac = pos - pg
-        pgl = pg.detach().long()
+        frac, pgl, _ = _level_position(x01, scales[lvl])
         acc = x.new_zeros(b, c)
         for corner in range(1 << dim):
             w = torch.ones_like(frac[:, 0])
-            idx = torch.zeros(b, dtype=torch.long, device=x.device)
-            stride = 1
             for ax in range(dim):
-                bit = (corner >> ax) & 1
-                cg = pgl[:, ax] + bit
-                w = w * (frac[:, ax] if bit else 1.0 - frac[:, ax])
-                if hashed[lvl]:
-                    idx = idx ^ ((cg * HASH_PRIMES[ax]) & _U32)
-                else:
-                    idx = (idx + ((cg * stride) & _U32)) & _U32
-                    stride = (stride * (res + 1)) & _U32
-            idx = (idx & _U32) % size
+                w = w * (frac[:, ax] if (corner >> ax) & 1 else 1.0 - frac[:, ax])
+            idx = _corner_index(pgl, corner, int(resolutions[lvl]), size, bool(hashed[lvl]))
             acc = acc + w[:, None] * emb[int(offsets[lvl]) + idx]
         feats.append(acc)
     out = torch.cat(feats, dim=1)
     return torch.where(inside[:, None], out, torch.zeros_like(out))
+
+
+def _grid_encode_backward(
+    grad_out: Tensor, inputs: Tensor, embeddings: Tensor, offsets: Sequence[int], resolutions: Sequence[int],
+    scales: Sequence[float], hashed: Sequence[bool], bound: float = 1.0, need_input_grad: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """PyTorch implementation of the CUDA backward of :func:`cuda_ext.grid_encode` (closed form, no autograd).
+
+    grad_out: [B, L*C]; the other arguments as for :func:`_grid_encode`. Returns (grad_embeddings [E, C] in the
+    embeddings' dtype, accumulated in float32/float64; grad_inputs [B, D] in the inputs' dtype or None unless
+    ``need_input_grad``). Points outside the box get zero gradients and add nothing to the table.
+    """
+    b, dim = inputs.shape
+    c = embeddings.shape[1]
+    dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
+    x = inputs.to(dtype)
+    x01 = (x + bound) * (0.5 / bound)
+    inside = ((x01 >= 0) & (x01 <= 1)).all(dim=1)
+    gy = torch.where(inside[:, None], grad_out.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
+    emb = embeddings.to(dtype) if need_input_grad else None
+    g_emb = torch.zeros(embeddings.shape, dtype=dtype, device=x.device)
+    g_x = x.new_zeros(b, dim) if need_input_grad else None
+    for lvl in range(len(resolutions)):
+        size = int(offsets[lvl + 1] - offsets[lvl])
+        frac, pgl, s32 = _level_position(x01, scales[lvl])
+        gy_l = gy[:, lvl * c:(lvl + 1) * c]
+        for corner in range(1 << dim):
+            bits = [(corner >> ax) & 1 for ax in range(dim)]
+            factors = [frac[:, ax] if bits[ax] else 1.0 - frac[:, ax] for ax in range(dim)]
+            w = factors[0]
+            for f in factors[1:]:
+                w = w * f
+            rows = int(offsets[lvl]) + _corner_index(pgl, corner, int(resolutions[lvl]), size, bool(hashed[lvl]))
+            g_emb.index_add_(0, rows, w[:, None] * gy_l)
+            if g_x is not None:
+                dot = (gy_l * emb[rows]).sum(1) * s32  # d out / d frac_ax = (+-1) * prod of the other factors
+                for ax in range(dim):
+                    others = torch.ones_like(w)
+                    for j in range(dim):
+                        if j != ax:
+                            others = others * factors[j]
+                    g_x[:, ax] += (dot * others) if bits[ax] else -(dot * others)
+    if g_x is not None:
+        g_x = (g_x * (0.5 / bound)).to(inputs.dtype)
+    return g_emb.to(embeddings.dtype), g_x

@@ -1,5 +1,7 @@
 """Public ops: each dispatches to the CUDA extension for CUDA tensors (when the backend allows it) and to its
-twin in :mod:`cuda_ext._torch_impl` otherwise. Shapes use N rays, M packed samples, A alive rays."""
+twin in :mod:`cuda_ext._torch_impl` otherwise. Shapes use N rays, M packed samples, A alive rays.
+The differentiable ops (grid_encode, composite_rays_train) go through the custom operators of
+:mod:`cuda_ext._ops`, which make that choice when they run."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from . import _ops
 from . import _torch_impl as _ti
 
 _log = logging.getLogger("cuda_ext")
@@ -51,8 +54,9 @@ def _require(pkg: str):
                           f"({exc}); install it or choose backend 'auto'/'cuda'/'torch'") from exc
 
 
-def _use_cuda(t: Tensor) -> bool:
-    name = _state["backend"]
+def _use_cuda(t: Tensor, name: Optional[str] = None) -> bool:
+    """Whether an op on ``t`` runs the CUDA kernel under backend ``name`` (default: the current backend)."""
+    name = _state["backend"] if name is None else name
     if name == "torch":
         return False
     if not t.is_cuda:
@@ -209,26 +213,6 @@ def march_rays_train(
     return xyzs[:total], dirs[:total], deltas[:total], rays
 
 
-class _CompositeRaysTrain(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, sigmas, rgbs, ambient, deltas, rays, T_thresh):
-        C = _backend.load()
-        ws, amb_sum, depth, image = C.composite_rays_train_forward(sigmas, rgbs, ambient, deltas, rays, float(T_thresh))
-        ctx.save_for_backward(sigmas, rgbs, deltas, rays, ws, depth, image)
-        ctx.T_thresh = float(T_thresh)
-        ctx.amb_k = ambient.shape[1]
-        return ws, amb_sum, depth, image
-
-    @staticmethod
-    def backward(ctx, g_ws, g_amb, g_depth, g_image):
-        sigmas, rgbs, deltas, rays, ws, depth, image = ctx.saved_tensors
-        C = _backend.load()
-        v_sigmas, v_rgbs, v_amb = C.composite_rays_train_backward(
-            g_ws.contiguous(), g_amb.contiguous(), g_depth.contiguous(), g_image.contiguous(),
-            sigmas, rgbs, deltas, rays, ws, depth, image, ctx.T_thresh, ctx.amb_k)
-        return v_sigmas, v_rgbs, v_amb, None, None, None
-
-
 def composite_rays_train(
     sigmas: Tensor, rgbs: Tensor, ambient: Tensor, deltas: Tensor, rays: Tensor, T_thresh: float = 1e-4,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -241,22 +225,20 @@ def composite_rays_train(
     Returns:
         weights_sum [N], ambient_sum [N] or [N, k] (UNWEIGHTED sum of ``ambient`` over the samples the ray
         used, as GeneFace++'s ambient regulariser wants), depth [N] = sum(weight * t), image [N, 3] (no
-        background). Differentiable w.r.t. sigmas, rgbs and ambient (hand-written backward on CUDA); the
-        dtype is float32, or float64 when sigmas are float64.
+        background). Differentiable w.r.t. sigmas, rgbs and ambient (a closed-form backward, kernel or twin);
+        the dtype is float32, or float64 when sigmas are float64. The custom op ``talkfield::composite_rays_train``
+        (cuda_ext._ops): torch.compile traces it without a graph break.
     """
-    if not _use_cuda(sigmas):
-        return _ti._composite_rays_train(sigmas, rgbs, ambient, deltas, rays, T_thresh)
     dev = sigmas.device
     dtype = torch.float64 if sigmas.dtype == torch.float64 else torch.float32
     squeeze = ambient.dim() == 1
     amb = ambient[:, None] if squeeze else ambient
     if rays.dtype != torch.int32:
         raise ValueError(f"rays must be int32 (ray index, offset, count), got {rays.dtype}")
-    out = _CompositeRaysTrain.apply(
+    ws, amb_sum, depth, image = _ops.composite_rays_train(
         _check("sigmas", sigmas.to(dtype), dev, 1), _check("rgbs", rgbs.to(dtype), dev, 2, 3),
         _check("ambient", amb.to(dtype), dev, 2), _check("deltas", deltas.to(dtype), dev, 2, 2),
-        _check("rays", rays, dev, 2, 3), T_thresh)
-    ws, amb_sum, depth, image = out
+        _check("rays", rays, dev, 2, 3), float(T_thresh), get_backend())
     return ws, (amb_sum[:, 0] if squeeze else amb_sum), depth, image
 
 
@@ -363,27 +345,6 @@ def render_inference(
 
 
 # --------------------------------------------------------------------------------------------------
-class _GridEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs, embeddings, offsets, resolutions, scales, hashed, bound):
-        C = _backend.load()
-        out = C.grid_encode_forward(inputs, embeddings, list(offsets), list(resolutions),
-                                    [float(s) for s in scales], [bool(h) for h in hashed], float(bound))
-        ctx.save_for_backward(inputs, embeddings)
-        ctx.meta = (list(offsets), list(resolutions), [float(s) for s in scales], [bool(h) for h in hashed], float(bound))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        inputs, embeddings = ctx.saved_tensors
-        C = _backend.load()
-        offsets, resolutions, scales, hashed, bound = ctx.meta
-        need_x = ctx.needs_input_grad[0]
-        v_emb, v_x = C.grid_encode_backward(grad_out.contiguous(), inputs, embeddings, offsets, resolutions, scales,
-                                            hashed, bound, bool(need_x))
-        return (v_x if need_x else None), v_emb, None, None, None, None, None
-
-
 def grid_encode(
     inputs: Tensor, embeddings: Tensor, offsets: Sequence[int], resolutions: Sequence[int],
     scales: Sequence[float], hashed: Sequence[bool], bound: float = 1.0,
@@ -396,13 +357,13 @@ def grid_encode(
             scales: L float scales; hashed: L flags (XOR-prime hash instead of the row-major index).
     Returns:
         [B, L*C] in the inputs' dtype (float32 for float32 inputs). Differentiable w.r.t. embeddings and
-        inputs (points outside the box give zeros and zero gradients).
+        inputs (points outside the box give zeros and zero gradients). The custom op ``talkfield::grid_encode``
+        (cuda_ext._ops): torch.compile traces it without a graph break.
     """
     if inputs.dim() != 2 or inputs.shape[1] not in (2, 3):
         raise ValueError(f"inputs must be [B, 2] or [B, 3], got {tuple(inputs.shape)}")
-    if not _use_cuda(inputs):
-        return _ti._grid_encode(inputs, embeddings, offsets, resolutions, scales, hashed, bound)
     dev = inputs.device
     x = inputs if inputs.dtype in (torch.float32, torch.float64) else inputs.float()
-    return _GridEncode.apply(_check("inputs", x, dev, 2), _check("embeddings", embeddings, dev, 2), tuple(offsets),
-                             tuple(resolutions), tuple(scales), tuple(hashed), bound)
+    return _ops.grid_encode(_check("inputs", x, dev, 2), _check("embeddings", embeddings, dev, 2),
+                            [int(o) for o in offsets], [int(r) for r in resolutions], [float(s) for s in scales],
+                            [bool(h) for h in hashed], float(bound), get_backend())
