@@ -18,7 +18,7 @@ from lightning_modules.base import TalkFieldModule
 from networks import losses as L
 from networks.nerf import HeadField, SuperResolution, VolumeRenderer
 from talkfield.camera import get_rays
-from talkfield.motion import zscore
+from talkfield.motion import EPS
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,12 @@ class HeadNeRFModule(TalkFieldModule):
     def condition(self, motion: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
         """Raw canonical offsets motion [B, W, 204] (or [B, W, 68, 3]) and eye openness [B, W] -> cond [B, C].
         Offsets are z-scored with the subject's statistics stored in this checkpoint."""
-        z = zscore(motion.float(), self.motion_stats.cpu())
-        return self.field.encode_condition(z, eye.float())[0]
+        # talkfield.motion.zscore with the statistics where they live: a host copy of the buffer (zscore converts
+        # through numpy) or a host-to-device copy of it would wait for all queued GPU work, on every call
+        mean, std = self.motion_stats[0], self.motion_stats[1].clamp_min(EPS)
+        m = motion.float()
+        z = (m.reshape(*m.shape[:-2], 204) if tuple(m.shape[-2:]) == (68, 3) else m) - mean
+        return self.field.encode_condition(z / std, eye.float())[0]
 
     def field_fn(self, cond: torch.Tensor, code: torch.Tensor):
         """The renderer's field function for one image: (xyzs, dirs) -> (sigma, rgb, |ambient| per sample)."""
@@ -127,6 +131,43 @@ class HeadNeRFModule(TalkFieldModule):
             sigma, rgb, ambient = self.field(xyzs, dirs, cond, code)
             return sigma, rgb, ambient.float().abs().sum(-1)
         return fn
+
+    def frames_field_fn(self, cond: torch.Tensor, code: torch.Tensor):
+        """The renderer's field function for several images (`VolumeRenderer.render_frames`): cond [B, C], code
+        [B, D]; each sample takes the condition and code of its image: (xyzs, dirs, image [M]) -> (sigma, rgb,
+        |ambient|)."""
+        def fn(xyzs, dirs, image):
+            if cond.shape[0] == 1:
+                c, k = cond, code
+            else:
+                c, k = cond[image], code[image]
+            sigma, rgb, ambient = self.field(xyzs, dirs, c, k)
+            return sigma, rgb, ambient.float().abs().sum(-1)
+        return fn
+
+    @torch.no_grad()
+    def render_heads(self, c2w: torch.Tensor, K: torch.Tensor, motion: torch.Tensor, eye: torch.Tensor,
+                     frame: torch.Tensor, bg: torch.Tensor | None = None,
+                     size: int | None = None) -> dict[str, torch.Tensor]:
+        """Render B frames of the head at once (inference, no gradients): the rays of all B images in one
+        march/composite loop, each sample with its frame's condition and per-frame code.
+
+        c2w [B,4,4]; K [3,3] (or [B,3,3]) at `size`; motion [B, W, 204] raw offsets; eye [B, W]; frame [B] subject
+        frame indices (-1: not a training frame, the mean code); bg [B, size, size, 3] or None. Returns image,
+        rgb [B,H,W,3], alpha, depth [B,H,W], num_samples: per frame what `render_head` gives (up to float rounding;
+        no ambient map).
+        """
+        size = size or self.render_size
+        dev = self.device
+        B = c2w.shape[0]
+        rays_o, rays_d = get_rays(c2w.to(dev), K.to(dev), size, size)
+        cond = self.condition(motion.to(dev), eye.to(dev))
+        code = self.field.codes(torch.as_tensor(frame, device=dev).reshape(B))
+        flat_bg = None if bg is None else bg.to(dev).reshape(B, -1, 3).float()
+        out = self.renderer.render_frames(self.frames_field_fn(cond, code), rays_o, rays_d, flat_bg)
+        return {"image": out["image"].reshape(B, size, size, 3), "rgb": out["rgb"].reshape(B, size, size, 3),
+                "alpha": out["weights_sum"].reshape(B, size, size), "depth": out["depth"].reshape(B, size, size),
+                "num_samples": out["num_samples"]}
 
     def render_head(self, c2w: torch.Tensor, K: torch.Tensor, motion: torch.Tensor, eye: torch.Tensor,
                     frame: int | torch.Tensor, bg: torch.Tensor | None = None, size: int | None = None,

@@ -142,6 +142,7 @@ class TorsoNeRFModule(TalkFieldModule):
     def train(self, mode: bool = True) -> "TorsoNeRFModule":
         super().train(mode)
         self.head.eval()  # frozen: always in eval mode
+        self._pixels_cache = {}  # the occupancy may change while training: re-read it after any mode switch
         return self
 
     @property
@@ -181,10 +182,16 @@ class TorsoNeRFModule(TalkFieldModule):
                         size: int) -> torch.Tensor:
         """One image's torso condition [1, C]: c2w [4, 4], K [3, 3] at `size`, motion [W, 204] raw offsets (the
         window's centre frame is used), frame index (-1: not a training frame -> mean code)."""
-        centre = motion[motion.shape[0] // 2][None]
-        jaw = self.jaw_points(centre, c2w[None], K, size)
-        pose = (pose_features(c2w[None].float()) - self.pose_stats[0]) / self.pose_stats[1]
-        code = self.field.codes(torch.as_tensor(frame, device=self.device).reshape(1))
+        return self.torso_conditions(c2w[None], K, motion[None], torch.as_tensor(frame).reshape(1), size)
+
+    def torso_conditions(self, c2w: torch.Tensor, K: torch.Tensor, motion: torch.Tensor, frame: torch.Tensor,
+                         size: int) -> torch.Tensor:
+        """The torso conditions of B images [B, C]: c2w [B, 4, 4], K [3, 3] at `size`, motion [B, W, 204] raw
+        offsets (each window's centre frame is used), frame [B] indices (-1: not a training frame -> mean code)."""
+        centre = motion[:, motion.shape[1] // 2]
+        jaw = self.jaw_points(centre, c2w, K, size)
+        pose = (pose_features(c2w.float()) - self.pose_stats[0]) / self.pose_stats[1]
+        code = self.field.codes(torch.as_tensor(frame, device=self.device).reshape(c2w.shape[0]))
         return self.field.encode_condition(jaw, pose.clamp(-4.0, 4.0), code)
 
     def render_torso(self, cond: torch.Tensor, head: torch.Tensor, size: int,
@@ -202,14 +209,44 @@ class TorsoNeRFModule(TalkFieldModule):
         rgb = rgb.index_put((idx,), c.float())
         return {"alpha": alpha, "rgb": rgb, "dx": dx, "mask": mask}
 
+    @torch.no_grad()
+    def render_torsos(self, cond: torch.Tensor, head: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+        """B images at once (inference): cond [B, C], head [B, size, size, 4] -> torso alpha [B, size*size], rgb
+        [B, size*size, 3]; per image what `render_torso` gives. The pixels the occupancy grid allows are found
+        once per size while the module stays in eval mode (no host sync per call); every sample takes its image's
+        condition."""
+        B = cond.shape[0]
+        xy, idx = self._pixels(size)
+        n = idx.shape[0]
+        image = torch.arange(B, device=self.device).repeat_interleave(n)
+        c = cond if B == 1 else cond[image]
+        a, rgb_, _ = self.field(xy[idx].repeat(B, 1), c, head.reshape(B, -1, 4)[:, idx].reshape(-1, 4))
+        alpha = torch.zeros(B, xy.shape[0], device=self.device)
+        rgb = torch.zeros(B, xy.shape[0], 3, device=self.device)
+        alpha[:, idx] = a.float().reshape(B, n)
+        rgb[:, idx] = rgb_.float().reshape(B, n, 3)
+        return {"alpha": alpha, "rgb": rgb}
+
+    def _pixels(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel coordinates [size*size, 2], indices [n] of the pixels the occupancy grid lets through)."""
+        cache = self.__dict__.setdefault("_pixels_cache", {})
+        key = (int(size), str(self.device))
+        if self.training or key not in cache:
+            xy = pixel_coords(size, self.device)
+            idx = self.occupancy.mask(xy).nonzero()[:, 0]
+            if self.training:
+                return xy, idx
+            cache[key] = (xy, idx)
+        return cache[key]
+
     @staticmethod
     def composite(head: torch.Tensor, torso: dict[str, torch.Tensor],
                   plate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """head [H, W, 4] (premultiplied rgb + alpha), torso alpha/rgb, plate [H, W, 3] ->
-        (torso over plate [H, W, 3], head over that [H, W, 3])."""
-        H, W = head.shape[:2]
-        a = torso["alpha"].reshape(H, W, 1)
-        torso_img = torso["rgb"].reshape(H, W, 3) * a + plate * (1.0 - a)
+        """head [..., H, W, 4] (premultiplied rgb + alpha; one image or a batch), torso alpha/rgb, plate [H, W, 3]
+        (or one per image) -> (torso over plate [..., H, W, 3], head over that [..., H, W, 3])."""
+        lead = head.shape[:-1]
+        a = torso["alpha"].reshape(*lead, 1)
+        torso_img = torso["rgb"].reshape(*lead, 3) * a + plate * (1.0 - a)
         return torso_img, head[..., :3] + (1.0 - head[..., 3:]) * torso_img
 
     def render_frame(self, c2w: torch.Tensor, K: torch.Tensor, motion: torch.Tensor, eye: torch.Tensor,
@@ -228,6 +265,25 @@ class TorsoNeRFModule(TalkFieldModule):
             cond = self.torso_condition(c2w, K, motion, torch.as_tensor(frame), size)
             torso = self.render_torso(cond, head, size)
             return self.composite(head, torso, bg.to(dev).float())[1].clamp(0, 1)
+
+    @torch.no_grad()
+    def render_frames(self, c2w: torch.Tensor, K: torch.Tensor, motion: torch.Tensor, eye: torch.Tensor,
+                      frame: torch.Tensor, bg: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Inference, B frames at once: `render_frame` of each (up to float rounding), with the head's rays of all
+        B images in one march/composite loop (`render_heads`) and the torso's pixels of all B in one field call.
+
+        c2w [B, 4, 4]; K [3, 3] at `size`; motion [B, W, 204] raw offsets; eye [B, W]; frame [B] (-1: mean codes);
+        bg [size, size, 3] or [B, size, size, 3] in [0, 1]. Returns [B, size, size, 3] float in [0, 1].
+        """
+        size = int(size or self.render_size)
+        dev = self.device
+        c2w, K, motion, eye = c2w.to(dev).float(), K.to(dev).float(), motion.to(dev).float(), eye.to(dev).float()
+        frame = torch.as_tensor(frame, device=dev).reshape(c2w.shape[0])
+        h = self.head.render_heads(c2w, K, motion, eye, frame, None, size)
+        head = torch.cat([h["rgb"].float(), h["alpha"].float()[..., None]], dim=-1)
+        cond = self.torso_conditions(c2w, K, motion, frame, size)
+        torso = self.render_torsos(cond, head, size)
+        return self.composite(head, torso, bg.to(dev).float())[1].clamp(0, 1)
 
     # --- setup ----------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -13,8 +13,9 @@ encoder thread as they are rendered (a bounded queue), never collected. The mp4 
 name and renamed on success; on an error or a cancel nothing is left behind (`talkfield.media.VideoWriter`).
 
 Streaming (`stream`): audio arrives in 40 ms chunks; frame t is rendered once the audio of frame t + lookahead
-(+ the condition window) has arrived; `StreamStats` holds the latency from the last sample of chunk t to the
-moment frame t is ready.
+(+ the condition window) has arrived; chunks that arrived while the previous step ran are processed together
+(up to batch_frames), so a backlog drains; `StreamStats` holds the latency from the last sample of chunk t to
+the moment frame t is ready.
 """
 
 from __future__ import annotations
@@ -208,6 +209,80 @@ def chunk_source(wav: np.ndarray, chunk: int = CHUNK_SAMPLES, realtime: bool = F
         yield last, due if realtime else time.perf_counter()
 
 
+class ChunkFeed:
+    """Reads a chunk source ((chunk, arrival) pairs, e.g. `chunk_source` or a live device) on a thread, so that the
+    consumer can take every chunk that has already arrived at once.
+
+    take(max_n, cancel) waits for the next chunk, then adds those already waiting, max_n at most; it returns [] when
+    `cancel` is set while waiting and None at the end of the source (a source's error is raised there). At most
+    `max_pending` chunks wait (a source faster than real time is held back, so memory stays bounded); a live source
+    stamps its own arrival times, so holding it back does not hide a backlog from the latencies.
+    """
+
+    _END = object()
+
+    def __init__(self, chunks: Iterable[tuple[np.ndarray, float]], max_pending: int = 64):
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, int(max_pending)))
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, args=(chunks,), name="talkfield-audio-feed", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, chunks) -> None:
+        try:
+            for item in chunks:
+                if not self._put(item):
+                    return
+        except BaseException as e:  # raised by take()
+            self._put((self._END, e))
+            return
+        self._put((self._END, None))
+
+    def take(self, max_n: int, cancel: threading.Event | None = None) -> list[tuple[np.ndarray, float]] | None:
+        if self._ended:
+            return None
+        out: list[tuple[np.ndarray, float]] = []
+        while not out:
+            try:
+                item = self._q.get(timeout=0.05)
+            except queue.Empty:
+                if cancel is not None and cancel.is_set():
+                    return []
+                continue
+            if item[0] is self._END:
+                self._ended = True
+                if item[1] is not None:
+                    raise item[1]
+                return None
+            out.append(item)
+        while len(out) < max_n:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] is self._END:
+                self._ended = True
+                if item[1] is not None:
+                    raise item[1]
+                break
+            out.append(item)
+        return out
+
+    def close(self) -> None:
+        """Stop reading (the thread ends after the item it is waiting for)."""
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # timings
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,10 +334,14 @@ class PipelineResult:
 
 @dataclass
 class StreamStats:
-    """Streaming latencies (seconds) from the last sample of chunk t to frame t being ready, one per frame."""
+    """Streaming latencies (seconds) from the last sample of chunk t to frame t being ready, one per frame;
+    pushes: chunks taken together at each step (more than one when a backlog was waiting); batches: frames per
+    render call."""
 
     latencies: list[float] = field(default_factory=list)
     lookahead_frames: int = 0
+    pushes: list[int] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies), q)) if self.latencies else float("nan")
@@ -484,10 +563,12 @@ class FrameRenderer:
     """Renders batches of frames at the output size from motion and poses: head (`load_head`), torso when given,
     super-resolution (the head's), to uint8 [B, 2r, 2r, 3] on the device.
 
-    head: a HeadNeRFModule (lightning_modules.head_nerf): render_head(c2w, K, motion [W,204], eye [W], frame, bg,
-    size) and sr. torso: a TorsoNeRFModule (lightning_modules.torso_nerf): render_frame(c2w, K, motion, eye, frame,
-    plate, size) (head over torso over the plate, before SR) and sr; or None: head-only over the real torso of
-    the driving frame (the background the head stage trained with).
+    head: a HeadNeRFModule (lightning_modules.head_nerf): render_heads(c2w [B,4,4], K, motion [B,W,204], eye [B,W],
+    frame [B], bg, size) and sr. torso: a TorsoNeRFModule (lightning_modules.torso_nerf): render_frames(c2w, K,
+    motion, eye, frame, plate, size) (head over torso over the plate, before SR) and sr; or None: head-only over the
+    real torso of the driving frame (the background the head stage trained with). Each call renders its B frames
+    in one step (one march/composite loop for all B heads, one field call for all B torsos), equal per frame to
+    the one-frame methods (render_head / render_frame) up to float rounding.
     """
 
     def __init__(self, head, torso, ds: SubjectDataset, device: torch.device):
@@ -513,8 +594,8 @@ class FrameRenderer:
             torso = self.ds.torso_rgba(int(src)).astype(np.float32) / 255.0
             a = torso[..., 3:]
             bg = (torso[..., :3] * a + self.ds.background().astype(np.float32) / 255.0 * (1.0 - a)) * 255.0
-            self._bg_cache[src] = torch.from_numpy(_resize(np.clip(np.round(bg), 0, 255).astype(np.uint8),
-                                                           self.size)).to(self.device)
+            self._bg_cache[src] = _to_device(_resize(np.clip(np.round(bg), 0, 255).astype(np.uint8), self.size),
+                                             self.device)
             self._bg_order.append(src)
             while len(self._bg_order) > 256:
                 self._bg_cache.pop(self._bg_order.popleft(), None)
@@ -529,26 +610,35 @@ class FrameRenderer:
         dev = self.device
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else nullcontext())
         B = len(c2w)
-        c2w_t = torch.from_numpy(np.asarray(c2w, np.float32)).to(dev)
-        mot = torch.from_numpy(np.asarray(motion, np.float32).reshape(B, -1, 204)).to(dev)
-        eye_t = torch.from_numpy(np.asarray(eye, np.float32)).to(dev)
-        frame = torch.full((), -1, dtype=torch.long)  # inference: the mean per-frame code (CONTRACTS.md section 5)
-        images = []
+        c2w_t = _to_device(np.asarray(c2w, np.float32), dev)
+        mot = _to_device(np.asarray(motion, np.float32).reshape(B, -1, 204), dev)
+        eye_t = _to_device(np.asarray(eye, np.float32), dev)
+        # inference: the mean per-frame code for every frame (CONTRACTS.md section 5)
+        frame = torch.full((B,), -1, dtype=torch.long, device=dev)
         with amp:
-            for i in range(B):
-                bg = self.background(int(src[i])).float() / 255.0
-                if self.torso is not None:
-                    with timer("head+torso"):
-                        img = self.torso.render_frame(c2w_t[i], self.K, mot[i], eye_t[i], frame, bg, self.size)
-                else:
-                    with timer("head"):
-                        img = self.head.render_head(c2w_t[i], self.K, mot[i], eye_t[i], frame, bg, self.size)["image"]
-                images.append(img.float().clamp(0, 1))
+            # all B frames in one step: the head's rays of every frame in one march/composite loop, the torso's
+            # pixels of every frame in one field call (no host sync per frame)
+            if self.torso is not None:
+                with timer("head+torso"):
+                    img = self.torso.render_frames(c2w_t, self.K, mot, eye_t, frame, self.plate.float() / 255.0,
+                                                   self.size)
+            else:
+                with timer("head"):
+                    bg = torch.stack([self.background(int(s)) for s in src]).float() / 255.0
+                    img = self.head.render_heads(c2w_t, self.K, mot, eye_t, frame, bg, self.size)["image"]
             with timer("sr"):
-                x = torch.stack(images).permute(0, 3, 1, 2)
-                sr = self.sr(x).float()
+                sr = self.sr(img.float().clamp(0, 1).permute(0, 3, 1, 2)).float()
         with timer("to_uint8"):
             return (sr.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; to a GPU through pinned memory without waiting (a pageable copy would wait for
+    all queued GPU work)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -771,7 +861,15 @@ class TalkingHeadPipeline:
                on_frame: Callable[[int, np.ndarray], None] | None = None,
                cancel: threading.Event | None = None) -> StreamStats:
         """Live mode: consume (40 ms chunk [640] float32 16 kHz, arrival time) pairs (see `chunk_source`), emit
-        frames as soon as they are determined: on_frame(t, uint8 [H,W,3]). Returns the latencies."""
+        frames as soon as they are determined: on_frame(t, uint8 [H,W,3]). Returns the latencies.
+
+        The source is read on a thread (`ChunkFeed`). Each step takes every chunk that has arrived, up to
+        `batch_frames`: when the renderer keeps up that is one chunk and frame t is emitted when chunk t +
+        lookahead_frames arrives; after a slow step the waiting chunks go through features, Audio2Motion and
+        rendering together, so the backlog drains instead of growing. No frame ever waits for audio past its
+        look-ahead; a frame fixed in such a step may see up to batch_frames - 1 chunks more of the audio that had
+        already arrived (with a look-ahead past Audio2Motion's receptive field the motion is the same).
+        """
         knobs = (knobs or Knobs()).check()
         if self.a2m.features not in ("mel", "hubert"):
             raise InferenceError(f"streaming needs mel or hubert features; this Audio2Motion model uses "
@@ -785,6 +883,7 @@ class TalkingHeadPipeline:
         stats = StreamStats(lookahead_frames=sm.lookahead_frames)
         arrivals: dict[int, float] = {}
         n_chunks = 0
+        feed = ChunkFeed(chunks, max_pending=max(64, 4 * knobs.batch_frames))
         try:
             def emit(ts: np.ndarray, motion: np.ndarray, eye: np.ndarray) -> None:
                 for a in range(0, len(ts), knobs.batch_frames):
@@ -793,23 +892,35 @@ class TalkingHeadPipeline:
                     imgs = self.renderer.render(driver.poses(t), motion[sl], eye[sl], driver.index(t), knobs.bf16)
                     frames = self._finish_frames(imgs, driver.index(t), knobs, paste)
                     now = time.perf_counter()
+                    stats.batches.append(len(t))
                     for ti, f in zip(t, frames):
                         stats.latencies.append(now - arrivals.pop(int(ti), now))
                         if on_frame is not None:
                             on_frame(int(ti), f)
 
-            for chunk, arrived in chunks:
+            while True:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"stream cancelled after {n_chunks} chunks")
-                arrivals[n_chunks] = arrived
-                n_chunks += 1
-                ready = sm.push(chunk)
+                # every chunk that has arrived (up to batch_frames) in one step: one feature / Audio2Motion pass and
+                # batched renders, so a renderer faster than real time catches up with a backlog instead of
+                # paying the per-step costs once per 40 ms chunk
+                got = feed.take(knobs.batch_frames, cancel)
+                if got is None:
+                    break
+                if not got:
+                    continue
+                for _, arrived in got:
+                    arrivals[n_chunks] = arrived
+                    n_chunks += 1
+                stats.pushes.append(len(got))
+                ready = sm.push(np.concatenate([np.asarray(c, np.float32).reshape(-1) for c, _ in got]))
                 if ready is not None:
                     emit(*ready)
             ready = sm.finish()
             if ready is not None:
                 emit(*ready)
         finally:
+            feed.close()
             if paste is not None:
                 paste[0].close()
         return stats
@@ -858,8 +969,8 @@ def _load_torso(path: Path, subject: str, fingerprint: str, device: torch.device
         raise InferenceError(f"torso checkpoint {path} found but lightning_modules.torso_nerf.load_torso is not "
                              "available in this checkout; pass torso=none to render head-only") from e
     m = load_torso(path, subject=subject, fingerprint=fingerprint, map_location=device)
-    if not hasattr(m, "render_frame"):
-        raise InferenceError(f"the torso module of {path} has no render_frame(c2w, K, motion, eye, frame, bg, size); "
+    if not hasattr(m, "render_frames"):
+        raise InferenceError(f"the torso module of {path} has no render_frames(c2w, K, motion, eye, frame, bg, size); "
                              "inference needs it (docs/inference.md)")
     return m
 

@@ -1,0 +1,263 @@
+"""Batched inference rendering (issue 9): B frames in one march/composite loop (head) and one field call (torso)
+give, frame by frame, the pixels of the one-frame methods; on small random modules, PyTorch twins, CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.head_nerf import HeadNeRFModule
+from lightning_modules.torso_nerf import TorsoNeRFModule
+from networks.nerf.torso_field import TorsoField
+from talkfield.inference import Knobs
+from talkfield.motion import zscore
+
+SIZE, W = 24, 3
+HEAD_NET = dict(_target_="networks.nerf.HeadField", window=W, hidden=16, geo_dim=8, motion_hidden=16,
+                landmark_dim=8, eye_dim=4, latent_dim=4, latent_max_frames=64, density_bias=1.0,
+                grid=dict(num_levels=4, desired_resolution=32, log2_hashmap_size=10),
+                ambient_grid=dict(num_levels=2, desired_resolution=16, log2_hashmap_size=8))
+HEAD_CFG = dict(_target_="lightning_modules.head_nerf.HeadNeRFModule", network=HEAD_NET,
+                renderer=dict(_target_="networks.nerf.VolumeRenderer", grid_resolution=16, max_steps=12,
+                              backend="torch"),
+                sr=dict(_target_="networks.nerf.SuperResolution", channels=4, blocks=1, up_channels=4),
+                optimizer=None, render_size=SIZE, perceptual=dict(enabled=False))
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random weights, grids, codes and statistics strong enough that each frame's condition changes its pixels."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 1.0 if "embeddings" in name else 0.5
+            p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * scale)
+
+
+def _head(seed: int = 0) -> HeadNeRFModule:
+    from hydra.utils import instantiate
+
+    head = instantiate(HEAD_CFG, _convert_="partial")
+    _randomize(head, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        head.field.codes.set_num_train(20)
+        head.motion_stats.copy_(torch.stack([torch.randn(204, generator=g) * 0.01, 0.02 + torch.rand(204, generator=g) * 0.02,
+                                             torch.zeros(204), torch.zeros(204)]))
+        grid = head.renderer.grid
+        bits = torch.randint(0, 256, grid.bitfield.shape, generator=g, dtype=torch.int64)
+        grid.bitfield.copy_((bits | torch.randint(0, 256, grid.bitfield.shape, generator=g)).to(torch.uint8))  # ~75%
+    return head.eval()
+
+
+def _inputs(B: int, seed: int = 3):
+    """Cameras looking at the head from slightly different poses, raw offsets windows and eye openness."""
+    g = torch.Generator().manual_seed(seed)
+    c2w = torch.eye(4).repeat(B, 1, 1)
+    c2w[:, 2, 3] = -4.0 + torch.rand(B, generator=g) * 0.5
+    c2w[:, 0, 3] = (torch.rand(B, generator=g) - 0.5) * 0.4
+    f = SIZE * 1.4
+    K = torch.tensor([[f, 0, SIZE / 2], [0, f, SIZE / 2], [0, 0, 1.0]])
+    motion = torch.randn(B, W, 68, 3, generator=g) * 0.05
+    eye = torch.rand(B, W, generator=g)
+    bg = torch.rand(B, SIZE, SIZE, 3, generator=g)
+    return c2w, K, motion, eye, bg
+
+
+def test_condition_is_the_contract_zscore():
+    head = _head()
+    _, _, motion, eye, _ = _inputs(4)
+    z = zscore(motion, head.motion_stats.numpy())
+    want = head.field.encode_condition(z, eye)[0]
+    torch.testing.assert_close(head.condition(motion, eye), want, rtol=0, atol=0)
+    torch.testing.assert_close(head.condition(motion.reshape(4, W, 204), eye), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frames", [[-1, -1, -1, -1, -1], [0, 5, -1, 19, 3]])
+def test_batched_head_render_equals_one_frame_renders(frames):
+    head = _head()
+    B = len(frames)
+    c2w, K, motion, eye, bg = _inputs(B)
+    with torch.no_grad():
+        got = head.render_heads(c2w, K, motion.reshape(B, W, 204), eye, torch.tensor(frames), bg, SIZE)
+        one = [head.render_head(c2w[i], K, motion[i].reshape(W, 204), eye[i], frames[i], bg[i], SIZE)
+               for i in range(B)]
+    assert 0.05 < float(got["alpha"].mean()) < 0.95  # a partly transparent head: the test sees compositing
+    for i, o in enumerate(one):
+        for k in ("image", "rgb", "alpha", "depth"):
+            torch.testing.assert_close(got[k][i], o[k], rtol=1e-4, atol=1e-4, msg=f"frame {i} {k}")
+    # each frame used its own condition: the frames differ from each other
+    assert float((got["rgb"][0] - got["rgb"][1]).abs().max()) > 1e-2
+    # without a background: premultiplied head only
+    with torch.no_grad():
+        nobg = head.render_heads(c2w, K, motion.reshape(B, W, 204), eye, torch.tensor(frames), None, SIZE)
+    torch.testing.assert_close(nobg["image"], got["rgb"], rtol=0, atol=0)
+
+
+def _torso(seed: int = 5) -> TorsoNeRFModule:
+    torso = TorsoNeRFModule(TorsoField(grid=dict(num_levels=4, desired_resolution=32, log2_hashmap_size=10),
+                                       deform_hidden=16, hidden=16, latent_max_frames=64),
+                            head_config=HEAD_CFG, render_size=SIZE, occupancy=dict(resolution=8, dilation=1))
+    _randomize(torso.field, seed)
+    src = _head(seed + 1)
+    torso.head.load_state_dict(src.state_dict())
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        torso.field.codes.set_num_train(20)
+        torso.jaw_mean.copy_(torch.randn(7, 3, generator=g) * 0.3)
+        torso.pose_stats.copy_(torch.stack([torch.randn(9, generator=g) * 0.1, 0.5 + torch.rand(9, generator=g)]))
+        occ = torch.rand(8, 8, generator=g)
+        occ[:, :3] = 0.0  # the left of the image holds no torso: those pixels are never evaluated
+        torso.occupancy.grid.copy_(occ)
+        torso.occupancy.step.fill_(1)
+    return torso.eval()
+
+
+@pytest.mark.parametrize("per_frame_bg", [False, True])
+def test_batched_head_and_torso_render_equals_one_frame_renders(per_frame_bg):
+    torso = _torso()
+    B = 4
+    frames = [-1, 2, -1, 7]
+    c2w, K, motion, eye, bg = _inputs(B, seed=9)
+    plate = bg if per_frame_bg else bg[0]
+    mot = motion.reshape(B, W, 204)
+    with torch.no_grad():
+        got = torso.render_frames(c2w, K, mot, eye, torch.tensor(frames), plate, SIZE)
+        one = [torso.render_frame(c2w[i], K, mot[i], eye[i], frames[i], bg[i] if per_frame_bg else plate, SIZE)
+               for i in range(B)]
+    assert got.shape == (B, SIZE, SIZE, 3)
+    for i, o in enumerate(one):
+        torch.testing.assert_close(got[i], o, rtol=1e-4, atol=1e-4, msg=f"frame {i}")
+    assert float((got[0] - got[1]).abs().max()) > 1e-2
+    # the occupancy really skips pixels and the cached pixel set is the one render_torso uses
+    from networks.nerf.torso_field import pixel_coords
+
+    xy, idx = torso._pixels(SIZE)
+    assert 0 < idx.numel() < SIZE * SIZE
+    torch.testing.assert_close(idx, torso.occupancy.mask(pixel_coords(SIZE)).nonzero()[:, 0])
+    # a mode switch forgets the cached pixels (training moves the occupancy grid)
+    torso.train()
+    assert torso._pixels_cache == {}
+    torso.eval()
+
+
+def test_frame_renderer_batches_equal_one_frame_batches():
+    """The pipeline's FrameRenderer: a batch of B frames gives the frames of B one-frame batches (SR included)."""
+    from types import SimpleNamespace
+
+    from talkfield.inference import FrameRenderer
+
+    torso = _torso()
+    r = FrameRenderer.__new__(FrameRenderer)
+    r.head, r.torso, r.device, r.sr = torso.head, torso, torch.device("cpu"), torso.sr
+    r.size, r.out_size, r.window = SIZE, 2 * SIZE, W
+    c2w, K, motion, eye, bg = _inputs(3, seed=11)
+    r.K, r.plate = K, (bg[0] * 255).round().to(torch.uint8)
+    r.ds = SimpleNamespace()
+    args = (c2w.numpy(), motion.numpy(), eye.numpy(), np.arange(3))
+    got = r.render(*args, bf16=False)
+    one = torch.cat([r.render(*(a[i:i + 1] for a in args), bf16=False) for i in range(3)])
+    assert got.dtype == torch.uint8 and got.shape == (3, 2 * SIZE, 2 * SIZE, 3)
+    assert int((got.int() - one.int()).abs().max()) <= 1  # uint8 rounding of float-equal frames
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# streaming: a backlog of waiting chunks is drained in batches
+# ----------------------------------------------------------------------------------------------------------------
+class _SlowRenderer:
+    """Stands in for FrameRenderer: records each call's motion windows and takes `delay` seconds per call (slower
+    than real time per frame, so chunks pile up while it renders)."""
+
+    window = 3
+
+    def __init__(self, delay: float):
+        self.delay, self.calls = delay, []
+
+    def render(self, c2w, motion, eye, src, bf16=True, timer=None):
+        import time
+
+        time.sleep(self.delay)
+        self.calls.append(np.array(motion))
+        return torch.zeros(len(c2w), 2, 2, 3, dtype=torch.uint8)
+
+
+def _stream_pipeline(renderer, seed: int = 1):
+    from talkfield.inference import TalkingHeadPipeline
+    from tests.test_infer import _stream_pipe
+
+    base = _stream_pipe(seed)
+    pipe = TalkingHeadPipeline.__new__(TalkingHeadPipeline)
+    pipe.a2m, pipe.person, pipe.stats, pipe.ds = base.a2m, base.person, base.stats, base.ds
+    pipe.renderer = renderer
+    pipe.c2w = np.repeat(np.eye(4, dtype=np.float32)[None], 10, 0)
+    return pipe
+
+
+def _live(wav: np.ndarray):
+    """A live 40 ms source: chunk t arrives at 40 (t + 1) ms after the start."""
+    from talkfield.inference import chunk_source
+
+    return chunk_source(wav, realtime=True, block=640)
+
+
+@pytest.mark.parametrize("full_lookahead", [False, True])
+def test_stream_drains_a_backlog_in_batches(monkeypatch, full_lookahead):
+    from talkfield.inference import StreamingMotion
+    from tests.test_infer import speechlike
+
+    wav = speechlike(2.0, 16000, seed=4)
+    T = len(wav) // 640
+    ref_pipe = _stream_pipeline(_SlowRenderer(0.0))
+    la = ref_pipe.a2m.network.receptive_field() + 8 if full_lookahead else 2
+    knobs = Knobs(lookahead=la, batch_frames=4, pose="static")
+    refs = (-1.0, 150.0)  # a level model: the loud-frame mel level and the median f0
+    monkeypatch.setattr(StreamingMotion, "_refs", lambda self: refs)  # the running references: tested elsewhere
+    # a renderer 3x slower than real time per call: after the first slow step chunks wait, and are taken together
+    slow = _SlowRenderer(0.12)
+    seen = []
+    stats = _stream_pipeline(slow).stream(_live(wav), knobs, on_frame=lambda t, f: seen.append(t))
+    assert seen == list(range(T)) and len(stats.latencies) == T
+    assert max(stats.pushes) == 4 and sum(stats.pushes) == T  # chunks taken 4 at a time once behind
+    assert max(stats.batches) == 4 and len(slow.calls) < T / 2
+    # once rendering starts (chunk `lookahead_frames`) the renderer falls behind and every step takes a full
+    # batch: about a quarter of the remaining chunks in steps (not one step per chunk, which would let the backlog
+    # of a renderer slower per call than 40 ms grow with the stream's length)
+    lf = stats.lookahead_frames
+    assert len(stats.pushes) <= lf + (T - lf) // 4 + 6
+    if full_lookahead:
+        # look-ahead past the receptive field: the same motion whatever the steps (a per-chunk stream for reference)
+        sm = StreamingMotion(_stream_pipeline(_SlowRenderer(0.0)), knobs)
+        want = []
+        from talkfield.inference import chunk_source
+
+        for chunk, _ in chunk_source(wav):
+            r = sm.push(chunk)
+            if r is not None:
+                want.append(r[1])
+        want.append(sm.finish()[1])
+        np.testing.assert_allclose(np.concatenate(slow.calls), np.concatenate(want), atol=2e-3)
+
+
+def test_chunk_feed_takes_what_waits_and_raises_source_errors():
+    import time
+
+    from talkfield.inference import ChunkFeed
+
+    feed = ChunkFeed(((np.full(640, i, np.float32), float(i)) for i in range(10)), max_pending=64)
+    time.sleep(0.3)  # everything has arrived
+    got = feed.take(4)
+    assert [a for _, a in got] == [0.0, 1.0, 2.0, 3.0]
+    assert [a for _, a in feed.take(100)] == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert feed.take(4) is None
+    feed.close()
+
+    def broken():
+        yield np.zeros(640, np.float32), 0.0
+        raise OSError("microphone unplugged")
+
+    feed = ChunkFeed(broken())
+    time.sleep(0.2)
+    with pytest.raises(OSError, match="unplugged"):
+        while feed.take(4) is not None:
+            pass
+    feed.close()
