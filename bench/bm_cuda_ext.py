@@ -1,6 +1,6 @@
 """Benchmarks of cuda_ext on one GPU (never a test). Medians of CUDA-event timings after warm-up.
 
-    python bench/bm_cuda_ext.py --out OUTDIR [--only a,b,c,d]
+    python bench/bm_cuda_ext.py --out OUTDIR [--only a,b,c,d] [--compile field:default,...] [--bucket 16384]
 
 (a) march + composite, forward + backward, on nerfacc's workload (65,536 rays, 128^3 grid with ~12% occupied
     cells, step 2*sqrt(3)/128, trivial field), beside nerfacc 0.5.3 when it imports;
@@ -9,6 +9,11 @@
     (networks.nerf.head_field.HeadField when it imports, else GridEncoders + MLPs of GeneFace++ sizes built
     here), compositing, loss, backward;
 (d) the PyTorch twins on the same workloads (and torch.compile of the grid encoder twin), reported, not gated.
+
+Part c also times compiled variants (--compile, default field:default,field:reduce-overhead,render:reduce-overhead):
+the field ('field') or field + compositing + loss ('render') under torch.compile(fullgraph=True), possible because
+the cuda_ext ops are custom operators; the sample count is padded to a multiple of --bucket (default 16384) so the
+CUDA-graph mode replays one graph per bucket (networks/nerf/compiled.py).
 
 Writes OUTDIR/bench.json and OUTDIR/results_rows.md (rows for bench/RESULTS.md).
 """
@@ -35,10 +40,20 @@ import cuda_ext  # noqa: E402
 from cuda_ext import _torch_impl as ti  # noqa: E402
 
 DEV = "cuda"
+IMAGE_SIZE = 256  # part c renders one IMAGE_SIZE^2 image (65,536 rays)
 DATE = "2026-11-25"
 CMD = "python bench/bm_cuda_ext.py"
 RESULTS: dict = {}
 ROWS: list = []
+ARGS = argparse.Namespace(compile="field:default,field:reduce-overhead,render:reduce-overhead", bucket=16384,
+                          deadline_s=1e9, out=".")
+T_START = time.time()
+
+
+def flush():
+    out = Path(ARGS.out)
+    (out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    (out / "results_rows.md").write_text("\n".join(ROWS) + "\n")
 
 
 def timeit(fn, warmup: int = 10, iters: int = 50) -> dict:
@@ -279,8 +294,8 @@ def bench_c():
     grid.update(head_density, jitter=False, dilate=True)
     record("c_occupied_fraction", grid.occupied_fraction())
     # one 256x256 pinhole image looking at the head along -z (OpenCV camera at z=+4.5)
-    H = W = 256
-    f = 256 / 2 / math.tan(math.radians(22))
+    H = W = IMAGE_SIZE
+    f = IMAGE_SIZE / 2 / math.tan(math.radians(22))
     j, i = torch.meshgrid(torch.arange(H, device=DEV), torch.arange(W, device=DEV), indexing="ij")
     dirs_cam = torch.stack([(i + 0.5 - W / 2) / f, (j + 0.5 - H / 2) / f, torch.ones_like(i, dtype=torch.float)], -1)
     R = torch.tensor([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]], device=DEV)  # camera looks along world -z, y up
@@ -293,9 +308,18 @@ def bench_c():
     opt = torch.optim.Adam(field.parameters(), lr=5e-4, eps=1e-15, fused=True)
     state = {}
 
-    def make_step(amp: bool, optimizer: bool, backend="cuda", fn=None):
-        fn = fn or field_fn
+    def render_loss(xyzs, dirs, deltas, rays, fn=None):
+        sigma, rgb, amb = (fn or field_fn)(xyzs, dirs)
+        ws, amb_sum, depth, img = cuda_ext.composite_rays_train(sigma.float(), rgb.float(), amb.float(), deltas,
+                                                                rays, 1e-4)
+        image = img + (1 - ws)[:, None] * bg
+        wsc = ws.clamp(1e-5, 1 - 1e-5)
+        entropy = -(wsc * torch.log2(wsc) + (1 - wsc) * torch.log2(1 - wsc)).mean()
+        return F.mse_loss(image, target) + 1e-4 * entropy + 1e-3 * amb_sum.mean()
 
+    def make_step(amp: bool, optimizer: bool, backend="cuda", fn=None, loss_fn=None):
+        """fn replaces the field function; loss_fn(xyzs, dirs, deltas, rays) -> loss replaces field + composite
+        + loss (the compiled 'render' scope)."""
         def step():
             with cuda_ext.backend(backend), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 nears, fars = cuda_ext.near_far_from_aabb(rays_o, rays_d, grid.aabb, 0.05)
@@ -303,13 +327,10 @@ def bench_c():
                     rays_o, rays_d, grid.bitfield, grid.aabb, nears, fars, resolution=128, dt=dt, max_steps=16,
                     perturb=True, generator=gen, buffer_size=grid.buffer_size())
                 grid.record_samples(xyzs.shape[0])
-                sigma, rgb, amb = fn(xyzs, dirs)
-                ws, amb_sum, depth, img = cuda_ext.composite_rays_train(sigma.float(), rgb.float(), amb.float(),
-                                                                        deltas, rays, 1e-4)
-                image = img + (1 - ws)[:, None] * bg
-                wsc = ws.clamp(1e-5, 1 - 1e-5)
-                entropy = -(wsc * torch.log2(wsc) + (1 - wsc) * torch.log2(1 - wsc)).mean()
-                loss = F.mse_loss(image, target) + 1e-4 * entropy + 1e-3 * amb_sum.mean()
+                if loss_fn is not None:
+                    loss = loss_fn(xyzs, dirs, deltas, rays)
+                else:
+                    loss = render_loss(xyzs, dirs, deltas, rays, fn)
             loss.backward()
             if optimizer:
                 opt.step()
@@ -317,6 +338,7 @@ def bench_c():
             else:
                 field.zero_grad(set_to_none=True)
             state["samples"] = xyzs.shape[0]
+            state.setdefault("sample_counts", set()).add(xyzs.shape[0])
         return step
 
     make_step(False, False)()
@@ -331,21 +353,49 @@ def bench_c():
     record("c_step_bf16_fwd_bwd_lane_kernel", timeit(make_step(True, False), iters=30))
     record("c_step_fp32_fwd_bwd_lane_kernel", timeit(make_step(False, False), iters=30))
     os.environ["TALKFIELD_GRID_BWD"] = "agg"
-    # the same step with the field's own ops compiled (graph breaks at the cuda_ext ops)
-    try:
-        t0 = time.time()
-        compiled_fn = torch.compile(field_fn, dynamic=True)
-        state["fn"] = compiled_fn
-        step_c = make_step(True, False, fn=compiled_fn)
-        step_c()
-        torch.cuda.synchronize()
-        record("c_compile_seconds", time.time() - t0)
-        record("c_step_bf16_fwd_bwd_field_compiled", timeit(step_c, iters=30),
-               figure="head-field training step fwd+bwd, bf16 autocast, field ops torch.compile'd (ours, CUDA)")
-    except Exception as exc:
-        record("c_compile_error", f"{type(exc).__name__}: {str(exc)[:300]}")
+    # compiled variants: the cuda_ext ops are custom ops, so the field (scope 'field') or field + composite + loss
+    # (scope 'render') compile as one graph; the sample count is padded to a multiple of ARGS.bucket
+    for variant in [v for v in ARGS.compile.split(",") if v]:
+        compile_variant(variant, field_fn, render_loss, make_step, state)
     record("d_twin_head_step_fp32", timeit(make_step(False, False, "torch"), warmup=2, iters=5),
            figure="head-field training step fwd+bwd, fp32, PyTorch twins on GPU (not gated)")
+
+
+def compile_variant(variant: str, field_fn, render_loss, make_step, state: dict):
+    """variant = '<scope>:<mode>' with scope field|render and mode default|reduce-overhead|max-autotune-no-cudagraphs."""
+    from networks.nerf.compiled import BucketedCompile
+
+    scope, _, mode = variant.partition(":")
+    key = f"c_compiled_{scope}_{mode.replace('-', '_')}"
+    if time.time() - T_START > ARGS.deadline_s:
+        record(f"{key}_skipped", f"past --deadline-s {ARGS.deadline_s}")
+        return
+    torch._dynamo.reset()
+    try:
+        t0 = time.time()
+        kw = dict(mode=None if mode == "default" else mode, bucket=ARGS.bucket)
+        if scope == "field":
+            step = make_step(True, False, fn=BucketedCompile(field_fn, n_per_sample=2, **kw))
+        elif scope == "render":
+            step = make_step(True, False, loss_fn=BucketedCompile(render_loss, n_per_sample=3,
+                                                                  outputs_per_sample=False, **kw))
+        else:
+            raise ValueError(f"compile scope {scope!r}: field or render")
+        step()
+        torch.cuda.synchronize()
+        record(f"{key}_compile_seconds", time.time() - t0)
+        state["sample_counts"] = set()
+        res = timeit(step, iters=30)
+        record(key, res, figure=f"head-field training step fwd+bwd, bf16 autocast, {scope} compiled fullgraph "
+                                f"(mode {mode}, samples padded to x{ARGS.bucket}) (ours, CUDA)")
+        counts = sorted(state["sample_counts"])
+        record(f"{key}_samples_min_max_buckets", [counts[0], counts[-1], len({-(-m // max(ARGS.bucket, 1))
+                                                                             for m in counts})])
+        profile_step(step, f"c_profile_{scope}_{mode.replace('-', '_')}")
+    except Exception as exc:
+        traceback.print_exc()
+        record(f"{key}_error", f"{type(exc).__name__}: {str(exc)[:400]}")
+    flush()
 
 
 def profile_step(step, key: str, steps: int = 5):
@@ -407,7 +457,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--only", default="a,b,c,d")
+    ap.add_argument("--compile", default=ARGS.compile,
+                    help="part c compiled variants, comma-separated <scope>:<mode>, scope field|render, mode "
+                         "default|reduce-overhead|max-autotune-no-cudagraphs ('' for none)")
+    ap.add_argument("--bucket", type=int, default=ARGS.bucket, help="pad the sample count to a multiple of this")
+    ap.add_argument("--deadline-s", type=float, default=ARGS.deadline_s,
+                    help="skip compiled variants that would start after this many seconds")
     args = ap.parse_args()
+    ARGS.__dict__.update(vars(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record("device", torch.cuda.get_device_name())
@@ -421,8 +478,7 @@ def main():
         except Exception as exc:
             record(f"{key}_error", f"{type(exc).__name__}: {exc}")
             traceback.print_exc()
-        (out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
-        (out / "results_rows.md").write_text("\n".join(ROWS) + "\n")
+        flush()
     print("\n".join(ROWS))
 
 

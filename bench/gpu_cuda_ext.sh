@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run for cuda_ext: build (or load the carried prebuilt module), the gpu tests, the benchmark.
 # Run from the repo root on the GPU machine with `carry: [".carry"]`:
-#   bash bench/gpu_cuda_ext.sh [bench parts, default a,b,c,d]
+#   bash bench/gpu_cuda_ext.sh [bench parts, default a,b,c,d]     (extra bench options in $BENCH_ARGS)
 # .carry/whl/      wheels the GPU machine lacks (nerfacc 0.5.3 + rich and its deps, pytest if missing)
 # .carry/cuda_ext/ talkfield_cuda_ext*.so + .meta.json from an earlier run (used when torch and sources match)
 #                  nerfacc_cuda.so (nerfacc's JIT build, preloaded by the benchmark through NERFACC_SO)
@@ -49,5 +49,6 @@ tail -5 "$log"
 python3 -m pytest --noconftest -p no:cacheprovider -m gpu tests/cuda_ext -q -rA --durations=10 >"$OUT/gpu_tests.log" 2>&1
 tail -25 "$OUT/gpu_tests.log"
 
-python3 bench/bm_cuda_ext.py --out "$OUT" --only "${1:-a,b,c,d}" >"$OUT/bench.log" 2>&1
+# BENCH_ARGS: extra bench options, e.g. BENCH_ARGS="--compile field:reduce-overhead --deadline-s 300"
+python3 bench/bm_cuda_ext.py --out "$OUT" --only "${1:-a,b,c,d}" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
 tail -40 "$OUT/bench.log"
