@@ -362,8 +362,12 @@ def main() -> None:
             _, st = pipe.render_stream(sclip, out / "stream.mp4", knobs, realtime=True)
             R["stream"] = {"frames": len(st.latencies), "p50_ms": 1000 * st.percentile(50),
                            "p95_ms": 1000 * st.percentile(95), "max_ms": 1000 * max(st.latencies),
-                           "lookahead_frames": st.lookahead_frames}
-            log.info("stream %s", st.summary())
+                           "lookahead_frames": st.lookahead_frames,
+                           # chunks taken per step (> 1 while a backlog drains) and frames per render call
+                           "steps": len(st.pushes), "max_chunks_per_step": max(st.pushes, default=0),
+                           "render_calls": len(st.batches), "max_frames_per_render": max(st.batches, default=0)}
+            log.info("stream %s; %d steps (at most %d chunks at once), %d render calls", st.summary(),
+                     len(st.pushes), max(st.pushes, default=0), len(st.batches))
             (out / "stream.mp4").unlink(missing_ok=True)
             for q in ("p50", "p95"):
                 res.row(f"streaming latency {q}, last sample of a 40 ms chunk -> its frame, {args.stream_seconds:g} s "
