@@ -66,7 +66,7 @@ class HeadNeRFModule(TalkFieldModule):
                  lr_multipliers: dict[str, float] | None = None, loss: dict[str, Any] | None = None,
                  perceptual: dict[str, Any] | None = None, render_size: int = 256, grid_update_interval: int = 16,
                  grid_warmup_steps: int = 0, grid_update_stop: int | None = None, val_images: int = 3,
-                 val_video: bool = True, seed: int = 0):
+                 val_video: bool = True, seed: int = 0, compile_field: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "renderer", "sr"])
         self.field, self.renderer, self.sr = network, renderer, sr
@@ -81,6 +81,15 @@ class HeadNeRFModule(TalkFieldModule):
         self.register_buffer("log10_lambda_ambient", torch.tensor(math.log10(max(float(amb["value"]), 1e-30))))
         self._lpips: tuple[nn.Module, str] | None = None
         self._val_frames: list[np.ndarray] = []
+        # training-time field under torch.compile (networks/nerf/compiled.py); a plain attribute, so checkpoint keys
+        # do not change; validation and inference stay eager
+        self._compiled_field = None
+        cf = dict(compile_field or {})
+        if cf.get("enabled"):
+            from networks.nerf.compiled import BucketedCompile
+
+            self._compiled_field = BucketedCompile(self._field_call, mode=cf.get("mode"), bucket=int(cf.get("bucket", 0)),
+                                                   backend=cf.get("backend", "inductor"))
 
     # --- setup ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -125,12 +134,17 @@ class HeadNeRFModule(TalkFieldModule):
         z = (m.reshape(*m.shape[:-2], 204) if tuple(m.shape[-2:]) == (68, 3) else m) - mean
         return self.field.encode_condition(z / std, eye.float())[0]
 
+    def _field_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor, code: torch.Tensor):
+        sigma, rgb, ambient = self.field(xyzs, dirs, cond, code)
+        return sigma, rgb, ambient.float().abs().sum(-1)
+
     def field_fn(self, cond: torch.Tensor, code: torch.Tensor):
-        """The renderer's field function for one image: (xyzs, dirs) -> (sigma, rgb, |ambient| per sample)."""
-        def fn(xyzs, dirs):
-            sigma, rgb, ambient = self.field(xyzs, dirs, cond, code)
-            return sigma, rgb, ambient.float().abs().sum(-1)
-        return fn
+        """The renderer's field function for one image: (xyzs, dirs) -> (sigma, rgb, |ambient| per sample).
+        While training with `compile_field.enabled`, the compiled field (fixed-size sample buckets) runs instead."""
+        if self._compiled_field is not None and torch.is_grad_enabled() and self.training:
+            compiled = self._compiled_field
+            return lambda xyzs, dirs: compiled(xyzs, dirs, cond, code)
+        return lambda xyzs, dirs: self._field_call(xyzs, dirs, cond, code)
 
     def frames_field_fn(self, cond: torch.Tensor, code: torch.Tensor):
         """The renderer's field function for several images (`VolumeRenderer.render_frames`): cond [B, C], code
