@@ -4,7 +4,8 @@
 
 synthetic: generate + preprocess a 90 s sample (seed 11) and a 20 s sample of another seed (12), train
   `experiment=audio2motion` on the 90 s one (train.py, CPU), predict the held-out val split (the last 1/11, audio the
-  model never saw) and the other-seed sample from audio alone, default knobs + post-processing. Scores against
+  model never saw) and the other-seed sample from audio alone, default knobs + post-processing (pause closing
+  included: the audio of the predicted frames is passed, look-ahead 4 as at inference). Scores against
   the generator's ground truth: Pearson r of mouth opening and lip width, the same r of a linear regressor on frame
   loudness (log RMS of the frame and +-2 neighbours, fitted on the train frames), recall of lip closures on p/b/m
   (the predicted opening drops, within the phone +- 1 frame after the generator's 60 ms visual lead, below the
@@ -23,8 +24,10 @@ mandarin: drive each real-clip model with ../shared/data/chinese_news.wav (48 kH
   the audio envelope (frame RMS), and the share of pauses > 200 ms (frames 6 dB or more under the loud-frame
   level, the 95th percentile frame RMS: the clip has a steady background about 7 dB under the speech, and f0
   finds voicing only sporadically in it) whose median predicted opening is below the training 10th percentile.
+  Each figure also with pause closing off ('no_pause_close_*' in the JSON).
 
-Results are printed as JSON and written to <work>/results.json; --record appends rows to bench/RESULTS.md.
+Results are printed as JSON and written to <work>/results.json; --record writes rows to bench/RESULTS.md (a
+figure already there is replaced in place).
 Training runs with one intra-op thread (OMP_NUM_THREADS=1): on a shared 2-core machine two threads thrash.
 """
 
@@ -118,11 +121,13 @@ def lagged(x: np.ndarray, lags=(-2, -1, 0, 1, 2)) -> np.ndarray:
     return np.stack(cols + [np.ones_like(x)], 1)
 
 
-def predict(model, feats, f0, person=None):
+def predict(model, feats, f0, audio, person=None, pause_close: float = 1.0):
+    """(raw, post-processed) motion at the inference defaults; audio: the 16 kHz samples of the same frames (the
+    post-processing finds pauses in it, with the inference default look-ahead of 4 frames)."""
     from networks.audio2motion import postprocess, predict_motion
 
     raw = predict_motion(model, feats, f0, temperature=0.0, mouth_amp=1.0)
-    return raw, postprocess(raw, person or model.person)
+    return raw, postprocess(raw, person or model.person, audio=audio, pause_close=pause_close, lookahead=4)
 
 
 def opening_width(off: np.ndarray, mean_shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +195,8 @@ def part_synthetic(work: Path, steps: int, sync_steps: int, ck: Path | None = No
     T = ds.T
     a, b = ds.manifest.split["val"]
     mel, f0 = np.asarray(ds.array("mel")), np.asarray(ds.array("f0"))
-    raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b])
+    wav = np.asarray(ds.array("audio"), np.float32)
+    raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b], wav[640 * a:640 * b])
     ms = model.person.mean_shape
     tracked_open, _ = opening_width(np.asarray(ds.array("offsets")), ms)
     phones = json.loads((gt_dir / "phones.json").read_text())
@@ -211,7 +217,8 @@ def part_synthetic(work: Path, steps: int, sync_steps: int, ck: Path | None = No
     # another seed: other phone sequence and voice, same synthetic face, predicted with syn90's person
     ds2 = open_subject(work / "data", "syn20b")
     g2 = srcs["syn20b"] / "ground_truth"
-    _, post2 = predict(model, np.asarray(ds2.array("mel")), np.asarray(ds2.array("f0")))
+    _, post2 = predict(model, np.asarray(ds2.array("mel")), np.asarray(ds2.array("f0")),
+                       np.asarray(ds2.array("audio"), np.float32))
     op2, wd2 = opening_width(post2, ms)
     T2 = len(op2)
     out["other_seed_mouth_r"] = pearson(op2, np.load(g2 / "mouth_opening.npy")[:T2])
@@ -249,6 +256,7 @@ def part_real(work: Path, steps: int, sync_steps: int, models: dict[str, Path] |
     ds = open_subject(work / "data", "katie")
     a, b = ds.manifest.split["val"]
     mel, f0 = np.asarray(ds.array("mel")), np.asarray(ds.array("f0"))
+    wav = np.asarray(ds.array("audio"), np.float32)
     off = np.asarray(ds.array("offsets"))
     out = {"held_out_frames": [a, b], "train_steps": steps}
     mean_pose = off[: ds.manifest.split["train"][1]].mean(0)
@@ -258,7 +266,7 @@ def part_real(work: Path, steps: int, sync_steps: int, models: dict[str, Path] |
         model = load_audio2motion(ck, "katie", ds.fingerprint)
         ms = model.person.mean_shape
         gt_open, _ = opening_width(off[a:b], ms)
-        raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b])
+        raw, post = predict(model, mel[2 * a:2 * b], f0[2 * a:2 * b], wav[640 * a:640 * b])
         for tag, pred in (("raw", raw), ("post", post)):
             out[f"{name}_{tag}_lip_lmd"] = float(np.linalg.norm(pred[:, lmk.LIPS68] - off[a:b, lmk.LIPS68],
                                                                 axis=-1).mean())
@@ -286,31 +294,35 @@ def mandarin_figures(work: Path, ck: Path) -> dict:
     model = load_audio2motion(ck, "katie", ds.fingerprint)
     wav = load_audio(SHARED / "chinese_news.wav")
     feats, f0 = extract_conditions(wav, "mel")
-    _, post = predict(model, feats, f0)
     ms = model.person.mean_shape
-    op, _ = opening_width(post, ms)
     tr = ds.manifest.split["train"][1]
     train_open, _ = opening_width(np.asarray(ds.array("offsets"))[:tr], ms)
     thr = float(np.quantile(train_open, 0.10))
-    T = len(op)
-    loud = frame_loudness(wav, T)
-    env = 10 ** loud
-    silent = loud < np.quantile(loud, 0.95) - 0.6  # 6 dB under the loud-frame level
-    pauses, t = [], 0
-    while t < T:
-        if silent[t]:
-            e = t
-            while e < T and silent[e]:
-                e += 1
-            if e - t > 5:  # longer than 200 ms
-                pauses.append((t, e))
-            t = e
-        else:
-            t += 1
-    closed = [float(np.median(op[s + 1:e - 1])) < thr for s, e in pauses]
-    return {"checkpoint": str(ck), "frames": T, "opening_std_ratio": float(op.std() / train_open.std()),
-            "envelope_r": pearson(op, env), "envelope_r_log": pearson(op, loud), "pauses": len(pauses),
-            "pauses_closed_share": float(np.mean(closed)) if closed else float("nan"), "closed_threshold_q10": thr}
+    out = {"checkpoint": str(ck), "closed_threshold_q10": thr}
+    for tag, close in (("", 1.0), ("no_pause_close_", 0.0)):  # the default, and pause closing off (for comparison)
+        _, post = predict(model, feats, f0, wav, pause_close=close)
+        op, _ = opening_width(post, ms)
+        T = len(op)
+        loud = frame_loudness(wav, T)
+        env = 10 ** loud
+        silent = loud < np.quantile(loud, 0.95) - 0.6  # 6 dB under the loud-frame level
+        pauses, t = [], 0
+        while t < T:
+            if silent[t]:
+                e = t
+                while e < T and silent[e]:
+                    e += 1
+                if e - t > 5:  # longer than 200 ms
+                    pauses.append((t, e))
+                t = e
+            else:
+                t += 1
+        closed = [float(np.median(op[s + 1:e - 1])) < thr for s, e in pauses]
+        out.update({f"{tag}opening_std_ratio": float(op.std() / train_open.std()),
+                    f"{tag}envelope_r": pearson(op, env), f"{tag}envelope_r_log": pearson(op, loud),
+                    f"{tag}pauses_closed_share": float(np.mean(closed)) if closed else float("nan")})
+        out["frames"], out["pauses"] = T, [list(x) for x in pauses]
+    return out
 
 
 def record(res: dict, card: str) -> None:
@@ -348,9 +360,17 @@ def record(res: dict, card: str) -> None:
                       "fraction")]
     if not RESULTS.exists() or not RESULTS.read_text().strip():
         RESULTS.write_text(HEADER)
-    with RESULTS.open("a") as f:
-        for name, value, unit in rows:
-            f.write(f"| {name} | {value:.3f} | {unit} | {card} | {DATE} | {cmd} |\n")
+    # a figure already in the table is replaced where it stands; new figures are appended
+    lines = RESULTS.read_text().splitlines()
+    for name, value, unit in rows:
+        row = f"| {name} | {value:.3f} | {unit} | {card} | {DATE} | {cmd} |"
+        at = [i for i, ln in enumerate(lines) if ln.startswith(f"| {name} |")]
+        if at:
+            lines[at[0]] = row
+            lines = [ln for i, ln in enumerate(lines) if i not in at[1:]]
+        else:
+            lines.append(row)
+    RESULTS.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:

@@ -80,6 +80,9 @@ class Knobs:
     paste_back: composite the 512 crop into the full-resolution source frame. batch_frames: frames per render
     step. bf16: autocast the renderer to bfloat16 on CUDA. seed: Audio2Motion noise and random blinks.
     lookahead: streaming look-ahead of Audio2Motion, in frames (latency ~ (lookahead + 2) x 40 ms + compute).
+    pause_close: how far the mouth closes in pauses found in the audio (0 off .. 1 the person's closed mouth); the
+    pause detector sees `lookahead` frames ahead in file and streaming rendering alike
+    (`networks.audio2motion.postprocess.PauseTracker`).
     """
 
     temperature: float = 0.0
@@ -94,6 +97,7 @@ class Knobs:
     seed: int = 0
     lookahead: int = 4
     blink_mode: str | None = None
+    pause_close: float = 1.0
 
     @property
     def blink_kind(self) -> str:
@@ -123,6 +127,8 @@ class Knobs:
             raise InferenceError(f"batch_frames={self.batch_frames}: must be >= 1")
         if self.lookahead < 0:
             raise InferenceError(f"lookahead={self.lookahead}: must be >= 0")
+        if not 0.0 <= self.pause_close <= 1.0:
+            raise InferenceError(f"pause_close={self.pause_close}: must be in [0, 1]")
         self.blink_kind  # noqa: B018  (validates)
         return self
 
@@ -766,7 +772,9 @@ class TalkingHeadPipeline:
             off = predict_motion(self.a2m, feats, f0, temperature=knobs.temperature, mouth_amp=knobs.mouth_amp,
                                  stats=self.stats, seed=knobs.seed)
         with timer("postprocess"):
-            off = postprocess(off, self.person, lle_blend=knobs.lle_blend, blink=knobs.blink_kind, seed=knobs.seed)
+            off = postprocess(off, self.person, lle_blend=knobs.lle_blend, blink=knobs.blink_kind, seed=knobs.seed,
+                              audio=wav[: T * SAMPLES_PER_FRAME], pause_close=knobs.pause_close,
+                              lookahead=knobs.lookahead)
         return off
 
     # --- rendering ------------------------------------------------------------------------------------------------
@@ -1028,6 +1036,9 @@ class StreamingMotion:
         self._band_ref: np.ndarray | None = None
         self._band_at = -BAND_EVERY
         self._blink = np.zeros(0, np.float32)
+        from networks.audio2motion import PauseTracker
+
+        self.pauses = PauseTracker(self.lookahead)  # the file path's pause decisions, chunk by chunk
         ds = pipe.ds
         self._mel_prior: float | np.ndarray | None = None
         self._f0_prior: float | None = None
@@ -1045,6 +1056,7 @@ class StreamingMotion:
         """Add one 40 ms chunk. Returns (frames [n], motion windows [n,W,68,3], eye [n,W]) ready to render, or None."""
         chunk = np.asarray(chunk, np.float32).reshape(-1)
         self.wav = np.concatenate([self.wav, chunk])
+        self.pauses.push(chunk)
         self.n_samples += len(chunk)
         n_feat = max(0, (self.n_samples - MEL_TAIL) // SAMPLES_PER_FRAME)  # frames whose features are complete
         self._fix_motion(n_feat - self.lookahead, n_feat)
@@ -1053,6 +1065,7 @@ class StreamingMotion:
     def finish(self):
         """End of stream: fix and return every remaining frame (features padded at the end)."""
         T = self.n_samples // SAMPLES_PER_FRAME
+        self.pauses.finish()
         self._fix_motion(T, T)
         return self._ready(final=True)
 
@@ -1117,7 +1130,7 @@ class StreamingMotion:
     def _fix_motion(self, upto: int, n_feat: int) -> None:
         """Fix the motion of frames [next_motion, upto) from features of frames < n_feat."""
         from networks.audio2motion import postprocess, predict_motion
-        from networks.audio2motion.postprocess import apply_blinks
+        from networks.audio2motion.postprocess import apply_blinks, close_mouth_in_pauses
 
         a = self.next_motion
         if upto <= a or n_feat <= 0:
@@ -1134,6 +1147,10 @@ class StreamingMotion:
         off = postprocess(off, self.pipe.person, lle_blend=k.lle_blend, blink="none")
         ts = np.arange(a, upto)
         new = off[ts - lo]
+        if k.pause_close > 0:
+            new = close_mouth_in_pauses(new, self.pauses.take(upto), self.pipe.person.closed_mouth(), k.pause_close)
+        else:
+            self.pauses.take(upto)
         if k.blink_kind != "none":
             new = apply_blinks(new, self._blink_closure(ts), self.pipe.person.closed_eyes)
         for t, o in zip(ts, new):

@@ -8,10 +8,12 @@ import torch
 
 from networks.audio2motion import Audio2Motion, PersonMotion, predict_motion
 from networks.audio2motion.features import PITCH_BINS, coarse_pitch, mel_band_stats, prepare_features
-from networks.audio2motion.postprocess import (apply_blinks, blink_schedule, clamp_to_quantiles, closed_eye_pose,
-                                               gaussian_smooth, lle_project, lle_weights, postprocess)
+from networks.audio2motion.postprocess import (MOUTH_POINTS, PauseTracker, apply_blinks, blink_schedule,
+                                               clamp_to_quantiles, close_mouth_in_pauses, closed_eye_pose,
+                                               gaussian_smooth, lle_project, lle_weights, mouth_opening68,
+                                               pause_weights, postprocess)
 from networks.audio2motion.vae import Audio2MotionVAE, denormalize_motion, kl_weight, normalize_motion
-from tests.fixtures.a2m import batch
+from tests.fixtures.a2m import PAUSE_SEGMENTS, batch, speech_with_pauses
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -213,3 +215,92 @@ def test_postprocess_lle_blend_and_clamp(tiny_subject):
     out2 = postprocess(pred, person, lle_blend=0.2)
     flat = out2.reshape(60, -1)
     assert (flat >= person.stats[2] - 1e-6).all() and (flat <= person.stats[3] + 1e-6).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pauses: found in the audio, the mouth eased closed
+# ----------------------------------------------------------------------------------------------------------------
+def _segment_frames(segments):
+    bounds, t = [], 0
+    for kind, n in segments:
+        bounds.append((kind, t, t + n))
+        t += n
+    return bounds
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 4, 10])
+def test_pause_tracker_finds_known_pauses(lookahead):
+    wav = speech_with_pauses(PAUSE_SEGMENTS)
+    w = pause_weights(wav, lookahead)
+    assert w.shape == (len(wav) // 640,) and w.min() >= 0 and w.max() <= 1
+    for kind, a, b in _segment_frames(PAUSE_SEGMENTS):
+        if kind == "speech":
+            assert (w[a:b] == 0).all(), (a, b)  # speech onsets are never held closed
+        elif b - a < 7:
+            assert (w[a:b] == 0).all()  # shorter than min_pause: not a pause
+        else:
+            # defaults: min_pause 7, ramp 3, lead 2. A run is known to be a pause 6 - lookahead frames in; the mouth
+            # is open again `lead` frames before the next speech frame when the look-ahead sees that far
+            a1 = a + max(0, 6 - lookahead)
+            assert (w[a:a1] == 0).all() and 0 < w[a1] < w[a1 + 1] < 1, (a, b, w[a:b])  # ramps up after speech
+            end = b if lookahead < 2 else b - 2 - min(2, lookahead - 2)
+            assert (w[a1 + 2:end] == 1).all(), (a, b, w[a:b])  # fully closed between the ramps
+            if lookahead >= 2:
+                assert (w[b - 2:b] == 0).all()  # released ahead of the onset
+            if lookahead >= 4:
+                assert 0 < w[b - 3] < w[b - 4] < 1  # ramps down before it
+
+
+def test_pause_tracker_is_causal_with_lookahead_and_chunking_does_not_matter():
+    wav = speech_with_pauses(PAUSE_SEGMENTS, seed=1)
+    T = len(wav) // 640
+    for L in (0, 4):
+        whole = pause_weights(wav, L)
+        # any block sizes, weights taken as soon as final
+        tr = PauseTracker(L)
+        got, rng, i = [], np.random.default_rng(L), 0
+        while i < len(wav):
+            n = int(rng.integers(1, 2000))
+            tr.push(wav[i:i + n])
+            i += n
+            got.append(tr.take(tr.ready()))
+            assert len(tr._quiet) <= L + 1  # bounded: only frames not taken yet
+        tr.finish()
+        got.append(tr.take(T))
+        np.testing.assert_array_equal(np.concatenate(got), whole)
+        # frame t depends on the audio of frames <= t + L only
+        for t in (30, 55, 100):
+            other = wav.copy()
+            other[(t + L + 1) * 640:] = speech_with_pauses([("speech", T)], seed=2)[(t + L + 1) * 640:]
+            np.testing.assert_array_equal(pause_weights(other, L)[: t + 1], whole[: t + 1])
+
+
+def test_close_mouth_in_pauses_uses_the_persons_closed_mouth(tiny_subject):
+    from talkfield import landmarks as lmk
+
+    person = _face(tiny_subject)
+    ms68 = lmk.to68(person.mean_shape)
+    db_open = mouth_opening68(person.database + ms68)
+    closed = person.closed_mouth()
+    assert closed.shape == (len(MOUTH_POINTS), 3)
+    rng = np.random.default_rng(0)
+    off = person.database[rng.integers(0, len(person.database), 50)]
+    w = np.linspace(0, 1, 50).astype(np.float32)
+    out = close_mouth_in_pauses(off, w, closed, strength=1.0)
+    others = np.setdiff1d(np.arange(68), MOUTH_POINTS)
+    np.testing.assert_array_equal(out[:, others], off[:, others])  # eyes, brows, nose untouched
+    np.testing.assert_allclose(out[0], off[0], atol=1e-7)
+    assert mouth_opening68(out[-1] + ms68) < np.quantile(db_open, 0.1)  # the person's own closed mouth
+    half = close_mouth_in_pauses(off, w, closed, strength=0.5)
+    np.testing.assert_allclose(half[:, MOUTH_POINTS], 0.5 * (out[:, MOUTH_POINTS] + off[:, MOUTH_POINTS]), atol=1e-6)
+    # the chain: with audio, postprocess closes the mouth in the pauses; pause_close=0 (or no audio) does not
+    wav = speech_with_pauses(PAUSE_SEGMENTS)
+    T = len(wav) // 640
+    pred = person.database[rng.integers(0, len(person.database), T)]
+    kw = dict(lle_blend=0.0, smooth_sigma=0, lip_smooth_sigma=0, clamp=False)
+    base = postprocess(pred, person, **kw)
+    np.testing.assert_array_equal(postprocess(pred, person, audio=wav, pause_close=0.0, **kw), base)
+    got = postprocess(pred, person, audio=wav, lookahead=4, **kw)
+    np.testing.assert_allclose(got, close_mouth_in_pauses(base, pause_weights(wav, 4), closed), atol=1e-6)
+    opening = mouth_opening68(got + ms68)
+    assert opening[4:6].max() < np.quantile(db_open, 0.1)  # inside the leading pause (frames 0-9)

@@ -312,8 +312,10 @@ def test_streaming_motion_matches_whole_file_with_full_lookahead(mel_norm):
     voiced = f0[f0 > 0]
     f0_ref = float(np.median(voiced))
     whole = predict_motion(pipe.a2m, feats, f0, stats=pipe.stats, mel_ref=ref, f0_ref=f0_ref)
-    whole = postprocess(whole, pipe.person, lle_blend=0.2, blink="none")
-    sm = StreamingMotion(pipe, Knobs(lookahead=pipe.a2m.network.receptive_field() + 8))
+    L = pipe.a2m.network.receptive_field() + 8
+    # the whole-file chain, pause closing included (this audio starts with a steady stretch the detector calls a pause)
+    whole = postprocess(whole, pipe.person, lle_blend=0.2, blink="none", audio=wav[: T * CHUNK_SAMPLES], lookahead=L)
+    sm = StreamingMotion(pipe, Knobs(lookahead=L))
     sm._refs = lambda: (ref, f0_ref)  # the running references are tested above; fix them here
     got = {}
     for chunk, _ in chunk_source(wav):
@@ -325,6 +327,37 @@ def test_streaming_motion_matches_whole_file_with_full_lookahead(mel_norm):
     stream = np.stack([got[t] for t in range(T)])
     # pitch tracking sees slightly different context at stretch boundaries: compare where both agree on f0
     np.testing.assert_allclose(stream, whole, atol=2e-3)
+
+
+@pytest.mark.parametrize("lookahead", [0, 4])
+def test_streaming_closes_the_mouth_in_the_file_paths_pauses(lookahead):
+    """Pause closing makes the same decisions streaming (chunk by chunk) and on the whole file with the same
+    look-ahead: both equal the motion without it, eased by `pause_weights(wav, lookahead)`."""
+    from networks.audio2motion import close_mouth_in_pauses, pause_weights
+    from talkfield.inference import TalkingHeadPipeline
+    from tests.fixtures.a2m import PAUSE_SEGMENTS, speech_with_pauses
+
+    pipe = _stream_pipe(3)
+    wav = speech_with_pauses(PAUSE_SEGMENTS, seed=3)
+    T = len(wav) // CHUNK_SAMPLES
+    w = pause_weights(wav, lookahead)
+    assert (w == 1).sum() > 20 and (w == 0).sum() > 100
+    closed = pipe.person.closed_mouth()
+
+    def stream(close: float) -> np.ndarray:
+        sm = StreamingMotion(pipe, Knobs(lookahead=lookahead, pause_close=close))
+        got = {}
+        for chunk, _ in chunk_source(wav):
+            r = sm.push(chunk)
+            if r is not None:
+                got.update({int(t): m[1] for t, m in zip(r[0], r[1])})
+        r = sm.finish()
+        got.update({int(t): m[1] for t, m in zip(r[0], r[1])})
+        return np.stack([got[t] for t in range(T)])
+
+    np.testing.assert_allclose(stream(1.0), close_mouth_in_pauses(stream(0.0), w, closed), atol=1e-6)
+    whole = [TalkingHeadPipeline.motion(pipe, wav, Knobs(lookahead=lookahead, pause_close=c)) for c in (0.0, 1.0)]
+    np.testing.assert_allclose(whole[1], close_mouth_in_pauses(whole[0], w, closed), atol=1e-6)
 
 
 @pytest.mark.parametrize("mel_norm", ["level", "band"])

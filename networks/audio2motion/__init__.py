@@ -23,8 +23,9 @@ import torch
 
 from networks.audio2motion.features import (FEATURE_DIMS, coarse_pitch, extract_conditions, median_f0, mel_band_stats,
                                             mel_level, prepare_features)
-from networks.audio2motion.postprocess import (PersonMotion, blink_schedule, clamp_to_quantiles, lip_width68,
-                                               lle_project, lle_weights, mouth_opening68, postprocess, smooth_motion)
+from networks.audio2motion.postprocess import (PauseTracker, PersonMotion, blink_schedule, clamp_to_quantiles,
+                                               close_mouth_in_pauses, lip_width68, lle_project, lle_weights,
+                                               mouth_opening68, pause_weights, postprocess, smooth_motion)
 from networks.audio2motion.syncnet import LipSyncExpert
 from networks.audio2motion.vae import Audio2MotionVAE, denormalize_motion, normalize_motion, person_norm
 

@@ -6,10 +6,16 @@ GeneFace++ (reference section 2.3) projects with unregularised LLE (K=10) and bl
 matrix gets a ridge term (classic LLE), so duplicate or collinear neighbours do not blow the weights up.
 Blinks interpolate the eye points toward the person's closed-eye configuration and are checked with the one
 eye-openness definition (`talkfield.motion.eye_openness_from_offsets`).
+
+Pauses: `PauseTracker` finds pauses in the driving audio itself (frame energy against a running noise floor and
+loud level, hysteresis, a minimum length) causally with a bounded look-ahead, so the file path and the streaming
+path make the same decisions; `close_mouth_in_pauses` eases the lips and jaw toward the person's own closed mouth
+(`PersonMotion.closed_mouth`) in them, with ramps that end before the next speech frame.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +28,10 @@ BLINK_PROFILE = np.array([0.1, 0.5, 0.7, 1.0, 0.7, 0.5, 0.1], np.float32)
 EYE_POINTS = lmk.EYES68
 """Indices (68 layout) of the eye points that blinks move."""
 LIP_POINTS = lmk.LIPS68
+MOUTH_POINTS = np.union1d(lmk.JAW68, lmk.LIPS68)
+"""Indices (68 layout) of the points that pause closing moves: jaw line and lips."""
+FRAME_SAMPLES = 640
+"""Samples of one 25 fps frame at 16 kHz (the pause detector's frame)."""
 
 
 def _idx68(i478: int) -> int:
@@ -199,16 +209,163 @@ class PersonMotion:
         """THE eye openness of offsets [...,68,3] for this person -> [...] in [0,1]."""
         return eye_openness_from_offsets(off, self.mean_shape, *self.eye_quantiles)
 
+    def closed_mouth(self, quantile: float = 0.1) -> np.ndarray:
+        """The person's own closed mouth: the mean of `MOUTH_POINTS` over their database frames whose mouth
+        opening is at or below its `quantile` (at least one frame). Returns offsets [len(MOUTH_POINTS),3]; its
+        opening is at most that quantile (the gap of a mean is at most the mean gap)."""
+        cache = self.__dict__.setdefault("_closed_mouth", {})
+        if quantile not in cache:
+            db = np.asarray(self.database, np.float64)
+            opening = mouth_opening68(db + lmk.to68(np.asarray(self.mean_shape, np.float64)))
+            shut = opening <= np.quantile(opening, quantile)
+            cache[quantile] = db[shut][:, MOUTH_POINTS].mean(0).astype(np.float32)
+        return cache[quantile]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pauses: the mouth closes when the speaker is silent
+# --------------------------------------------------------------------------------------------------------------
+def frame_levels(wav: np.ndarray) -> np.ndarray:
+    """dB (20 log10 RMS, +1e-5) of each complete 640-sample frame of 16 kHz audio [S] -> [S // 640]."""
+    n = len(wav) // FRAME_SAMPLES
+    w = np.asarray(wav[: n * FRAME_SAMPLES], np.float64).reshape(n, FRAME_SAMPLES)
+    return (20 * np.log10(np.sqrt((w * w).mean(1)) + 1e-5)).astype(np.float32)
+
+
+def smoothstep(x):
+    """3x^2 - 2x^3 of x clipped to [0,1]."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+class PauseTracker:
+    """Pauses in speech, frame by frame at 25 fps, deciding frame t from the audio of frames <= t + lookahead.
+
+    A frame is quiet when its level (`frame_levels`) is under floor + max(min_rise_db, rise x (loud - floor)) and
+    at least `min_drop_db` under loud, floor and loud being the `floor_quantile` / `loud_quantile` of the levels
+    of the last `ref_frames` frames up to it (causal); once quiet it stays quiet until it rises `hysteresis_db`
+    above that threshold. The audio starts quiet (before the first word the speaker is silent) and the min_drop_db
+    test applies only once a speech frame has been heard (a steady start has no loud level to compare with).
+    A pause is a run of at least `min_pause` quiet frames; its closing weight ramps up over `ramp` frames after the
+    last speech frame and down over `ramp` frames ending `lead` frames before the next one (smoothstep): the mouth
+    opens ahead of the sound, as it does in speech. When the next speech frame is beyond the look-ahead the pause
+    is taken to go on. With lookahead >= lead + ramp - 1 and >= min_pause - 1 the decisions are those of unlimited
+    look-ahead apart from the causal floor / loud levels.
+
+    Feed 16 kHz samples in any blocks with `push`; `take(upto)` returns the weights [upto - taken] in [0,1] of
+    the next frames once final (frame t is final when frame t + lookahead has been pushed, or after `finish`).
+    State is bounded: the last `ref_frames` levels and the frames not taken yet.
+    """
+
+    def __init__(self, lookahead: int = 4, *, min_pause: int = 7, ramp: int = 3, lead: int = 2, ref_frames: int = 250,
+                 floor_quantile: float = 0.1, loud_quantile: float = 0.95, rise: float = 0.25,
+                 min_rise_db: float = 3.0, min_drop_db: float = 10.0, hysteresis_db: float = 2.0):
+        if lookahead < 0 or min_pause < 1 or ramp < 1:
+            raise ValueError(f"PauseTracker: lookahead {lookahead} >= 0, min_pause {min_pause} >= 1 and ramp {ramp} "
+                             ">= 1 expected")
+        self.lookahead, self.min_pause, self.ramp, self.lead = int(lookahead), int(min_pause), int(ramp), int(lead)
+        self.floor_q, self.loud_q, self.rise = floor_quantile, loud_quantile, rise
+        self.min_rise_db, self.min_drop_db, self.hysteresis_db = min_rise_db, min_drop_db, hysteresis_db
+        self._spoken = False                 # a speech frame has been heard
+        self._hist: deque[float] = deque(maxlen=int(ref_frames))
+        self._buf = np.zeros(0, np.float32)  # samples of the incomplete frame
+        self._quiet: list[bool] = []         # frames [taken, pushed)
+        self._start: list[int] = []          # first frame of each one's quiet run (-1: not quiet)
+        self._was_quiet, self._run = True, 0
+        self.pushed = self.taken = 0
+        self.ended = False
+
+    def push(self, wav: np.ndarray) -> None:
+        """Add 16 kHz samples [S] (the continuation of what was pushed)."""
+        self._buf = np.concatenate([self._buf, np.asarray(wav, np.float32).reshape(-1)])
+        n = len(self._buf) // FRAME_SAMPLES
+        if n == 0:
+            return
+        for level in frame_levels(self._buf[: n * FRAME_SAMPLES]):
+            self._add(float(level))
+        self._buf = self._buf[n * FRAME_SAMPLES:]
+
+    def finish(self) -> None:
+        """End of the audio: every frame pushed becomes final (an incomplete last frame is dropped)."""
+        self.ended = True
+
+    def _add(self, level: float) -> None:
+        self._hist.append(level)
+        h = np.asarray(self._hist)
+        floor, loud = np.quantile(h, self.floor_q), np.quantile(h, self.loud_q)
+        thr = floor + max(self.min_rise_db, self.rise * (loud - floor))
+        if self._spoken:
+            thr = min(thr, loud - self.min_drop_db)
+        quiet = level < thr + (self.hysteresis_db if self._was_quiet else 0.0)
+        self._spoken |= not quiet
+        if quiet and not self._was_quiet:
+            self._run = self.pushed
+        self._quiet.append(bool(quiet))
+        self._start.append(self._run if quiet else -1)
+        self._was_quiet = quiet
+        self.pushed += 1
+
+    def ready(self) -> int:
+        """Frames [0, ready()) are final."""
+        return self.pushed if self.ended else max(0, self.pushed - self.lookahead)
+
+    def take(self, upto: int) -> np.ndarray:
+        """Closing weights [upto - taken] of frames [taken, upto) (each must be final); advances `taken`."""
+        if upto > self.ready():
+            raise ValueError(f"PauseTracker.take({upto}): only frames < {self.ready()} are final")
+        out = np.zeros(max(0, upto - self.taken), np.float32)
+        for i, t in enumerate(range(self.taken, upto)):
+            out[i] = self._weight(t)
+        drop = max(0, upto - self.taken)
+        self._quiet, self._start = self._quiet[drop:], self._start[drop:]
+        self.taken = max(self.taken, upto)
+        return out
+
+    def _weight(self, t: int) -> float:
+        j = t - self.taken
+        if not self._quiet[j]:
+            return 0.0
+        horizon = min(self.pushed, t + self.lookahead + 1)  # frames < horizon are visible from t
+        nxt = next((s for s in range(t + 1, horizon) if not self._quiet[s - self.taken]), None)
+        start = self._start[j]
+        # with a short look-ahead a run is known to be long enough only min_pause - 1 - lookahead frames in
+        first = start + max(0, self.min_pause - 1 - self.lookahead)
+        visible_len = (nxt if nxt is not None else horizon) - start
+        if visible_len < self.min_pause or t < first:
+            return 0.0
+        d = t - first + 1 if nxt is None else min(t - first + 1, nxt - t - self.lead)
+        return float(smoothstep(d / self.ramp))
+
+
+def pause_weights(wav: np.ndarray, lookahead: int = 4, **kw) -> np.ndarray:
+    """Closing weights [S // 640] of 16 kHz audio [S] from a `PauseTracker` (same arguments) fed all at once."""
+    tr = PauseTracker(lookahead, **kw)
+    tr.push(wav)
+    tr.finish()
+    return tr.take(tr.pushed)
+
+
+def close_mouth_in_pauses(off: np.ndarray, weights: np.ndarray, closed_mouth: np.ndarray,
+                          strength: float = 1.0) -> np.ndarray:
+    """Ease `MOUTH_POINTS` of offsets [T,68,3] toward closed_mouth [len(MOUTH_POINTS),3] by strength x weights [T]."""
+    out = np.array(off, np.float32, copy=True)
+    w = (float(strength) * np.asarray(weights, np.float32))[:, None, None]
+    out[:, MOUTH_POINTS] = (1 - w) * out[:, MOUTH_POINTS] + w * np.asarray(closed_mouth, np.float32)[None]
+    return out
+
 
 def postprocess(offsets: np.ndarray, person: PersonMotion, *, lle_blend: float = 0.2, lle_k: int = 10,
                 lle_ridge: float = 1e-3, smooth_sigma: float = 1.0, lip_smooth_sigma: float = 0.5,
                 clamp: bool = True, clamp_margin: float = 0.0, blink: str = "none", blink_period: int = 100,
-                blink_rate: float = 15.0, seed: int = 0, fps: int = 25) -> np.ndarray:
+                blink_rate: float = 15.0, seed: int = 0, fps: int = 25, audio: np.ndarray | None = None,
+                pause_close: float = 1.0, lookahead: int = 4) -> np.ndarray:
     """Predicted offsets [T,68,3] -> post-processed offsets [T,68,3] (head units).
 
     1. LLE: out = lle_blend * LLE(pred onto person.database, K=lle_k, ridge) + (1 - lle_blend) * pred;
     2. temporal smoothing (smooth_sigma frames, lips lip_smooth_sigma); 3. clamp to the person's [q03, q97]
-    (+- clamp_margin x range); 4. blinks (mode blink: none | period (every blink_period frames) | rate
+    (+- clamp_margin x range); 4. with the driving audio (16 kHz [S], frame t = samples [640t, 640t+640)): the
+    mouth eased toward the person's closed mouth in pauses by pause_close (0: off, 1: fully closed) x
+    `pause_weights(audio, lookahead)`; 5. blinks (mode blink: none | period (every blink_period frames) | rate
     (blink_rate per minute, seeded)) toward the person's closed-eye pose.
     """
     off = np.asarray(offsets, np.float32)
@@ -220,6 +377,10 @@ def postprocess(offsets: np.ndarray, person: PersonMotion, *, lle_blend: float =
     off = smooth_motion(off, smooth_sigma, lip_smooth_sigma)
     if clamp:
         off = clamp_to_quantiles(off, person.stats, clamp_margin)
+    if audio is not None and pause_close > 0:
+        w = pause_weights(audio, lookahead)[:T]
+        w = np.pad(w, (0, T - len(w)))
+        off = close_mouth_in_pauses(off, w, person.closed_mouth(), pause_close)
     if blink != "none":
         closure = blink_schedule(T, blink, period=blink_period, rate=blink_rate, fps=fps, seed=seed)
         off = apply_blinks(off, closure, person.closed_eyes)
