@@ -286,10 +286,10 @@ class HeldOut:
 
     def self_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The held-out frames' own audio -> Audio2Motion -> post-processing, as inference does (temperature 0,
-        mouth_amp 1, LLE blend 0.2, no synthetic blinks), from the audio features preprocessing stored for these
+        mouth_amp 1, inference's default LLE blend and pause closing, no synthetic blinks), from the audio features preprocessing stored for these
         frames (the model's kind; no feature extractor needed). Returns (windows [N,W,68,3], eye [N,W], motion [N,68,3])."""
         from networks.audio2motion import postprocess, predict_motion
-        from talkfield.inference import condition_window
+        from talkfield.inference import Knobs, condition_window
 
         a2m = self.models.a2m
         if a2m is None:
@@ -306,7 +306,10 @@ class HeldOut:
         stats = np.asarray(self.ds.array("motion_stats"), np.float32)
         person = self._person()
         off = predict_motion(a2m, feats, f0, temperature=0.0, mouth_amp=1.0, stats=stats, seed=0)[:n]
-        off = postprocess(off, person, lle_blend=0.2, blink="none", seed=0)
+        knobs = Knobs()  # inference's defaults: pause closing from these frames' own audio, same look-ahead
+        audio = np.asarray(self.ds.array("audio"), np.float32)[640 * a: 640 * (a + n)]
+        off = postprocess(off, person, lle_blend=knobs.lle_blend, blink="none", seed=0, audio=audio,
+                          pause_close=knobs.pause_close, lookahead=knobs.lookahead)
         win = condition_window(np.arange(n), self.window, n)
         motion = off[win]
         return motion, person.eye_openness(motion), off
