@@ -5,7 +5,10 @@
 #     bash bench/gpu_session2.sh setup
 #   call 2, carry [".carry/s2b"]  (torso.ckpt + a2m.ckpt weights-only from bench/gpu_session.sh, the prebuilt cuda_ext,
 #                                  stlpips_pytorch without vgg weights, IPython wheels that stlpips imports)
-#     bash bench/gpu_session2.sh run
+#     bash bench/gpu_session2.sh run                 # the inference benchmark, alone on the GPU
+#   calls 3 and 4, no carry needed (everything is under /tmp/tf by then):
+#     bash bench/gpu_session2.sh studies lambda      # the lambda_lpips grid, one process per row
+#     bash bench/gpu_session2.sh studies ambient     # the ambient ablation
 # Study runs use short schedules (STUDY_STEPS); their renders come back as JPEG (q95) in $OUT/study.tar for the
 # CPU landmark pass (python evaluate.py landmarks=<run>), then python -m experiments.collect writes the tables.
 set -uo pipefail
@@ -38,29 +41,37 @@ run)
   echo "infer rc $? at $(elapsed) s"; grep -a "^| \|Error\|Traceback" $TF/infer.log | cut -c1-220 | tail -30
   cp $TF/infer/results_rows.md $OUT/infer_rows.md 2>/dev/null; cp $TF/infer/results.json $OUT/infer_results.json 2>/dev/null
   cp $TF/infer.log $OUT/infer.log
-  # 2) the lambda_lpips grid and the ambient ablation: one process per row (2 seeds each), short schedules
+  ls -la $OUT; echo "run: $(elapsed) s" ;;
+studies)
+  # one study per call (what fits 10 minutes): one process per row (2 seeds each), short schedules, then the pack;
+  #   bash bench/gpu_session2.sh studies lambda     # then, in the next call:
+  #   bash bench/gpu_session2.sh studies ambient
+  export OMP_NUM_THREADS=4
   common="subject.name=katie logger=csv trainer.max_steps=$STUDY_STEPS trainer.val_check_interval=$STUDY_STEPS \
     model.loss.lpips_start_step=0 model.val_video=false trainer.enable_progress_bar=false"
+  if [ "${2:-lambda}" = lambda ]; then
+    file=experiments/sweeps/lambda_lpips_multirun.yaml; rows=("lambda_lpips 0.0" "lambda_lpips 0.001" "lambda_lpips 0.01")
+  else
+    file=experiments/ablations/ambient.yaml; rows=(adaptive fixed off)
+  fi
   i=0
-  for row in "lambda_lpips 0.0" "lambda_lpips 0.001" "lambda_lpips 0.01"; do
-    setsid nohup python3 -m experiments.run_study experiments/sweeps/lambda_lpips_multirun.yaml $common \
-      --rows "$row" --no-collect >$TF/study_l$i.log 2>&1 </dev/null & i=$((i+1))
-  done
-  for row in adaptive fixed off; do
-    setsid nohup python3 -m experiments.run_study experiments/ablations/ambient.yaml $common \
-      --rows "$row" --no-collect >$TF/study_a_$row.log 2>&1 </dev/null &
+  for row in "${rows[@]}"; do
+    setsid nohup python3 -m experiments.run_study $file $common --rows "$row" --no-collect \
+      >$TF/study_${2:-lambda}_$i.log 2>&1 </dev/null & i=$((i+1))
   done
   sleep 20
-  while [ "$(elapsed)" -lt ${STUDY_DEADLINE:-535} ] && pgrep -f experiments.run_study >/dev/null; do sleep 5; done
-  echo "studies done or stopped at $(elapsed) s"
-  pgrep -f experiments.run_study >/dev/null && echo "STILL RUNNING: some rows are incomplete"
-  for f in $TF/study_*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-200; done
-  python3 - <<'EOF'
-# pack every study run's summary, config, eval.json and renders (PNG -> JPEG q95 to fit what may come back)
+  while [ "$(elapsed)" -lt ${STUDY_DEADLINE:-540} ] && pgrep -f experiments.run_study >/dev/null; do sleep 5; done
+  echo "study ${2:-lambda} done or stopped at $(elapsed) s"
+  pgrep -f experiments.run_study >/dev/null && echo "STILL RUNNING: some rows are incomplete (pack again later)"
+  for f in $TF/study_*.log; do echo "== $f"; grep -a "Error\|Traceback\|wrote" "$f" | tail -n 3 | cut -c1-200; done
+  bash "$0" pack ;;
+pack)
+  python3 - <<'PY'
+# every study run's summary, config, eval.json and renders (PNG -> JPEG q95, to fit what may come back)
 import io, os, tarfile
 from pathlib import Path
 import cv2
-root, out = Path("/tmp/tf/outputs"), Path(os.environ["OUT"])
+root, out = Path("/tmp/tf/outputs"), Path(os.environ.get("OUT", "/tmp/tf_out"))
 with tarfile.open(out / "study.tar", "w") as tar:
     for summary in root.rglob("run_summary.json"):
         run = summary.parent
@@ -72,7 +83,7 @@ with tarfile.open(out / "study.tar", "w") as tar:
             info = tarfile.TarInfo(str(png.relative_to(root).with_suffix(".jpg")))
             info.size = len(buf)
             tar.addfile(info, io.BytesIO(buf.tobytes()))
-print("study.tar", (out / "study.tar").stat().st_size / 2**20, "MiB")
-EOF
-  ls -la $OUT; echo "run: $(elapsed) s" ;;
+print("study.tar", round((out / "study.tar").stat().st_size / 2**20, 1), "MiB")
+PY
+  ls -la $OUT ;;
 esac
