@@ -47,6 +47,27 @@ head)
   wait_for $TF/head/results_rows.md bm_head_nerf 575
   grep -a "curve:\|Error\|error\|Traceback" $TF/head.log | tail -15
   echo "phase head: $(elapsed) s" ;;
+screen)
+  # head variants side by side on the one GPU (a screening: they share it, so each runs slower than alone and its
+  # curve is pessimistic; re-run the winner alone with `head` for the headline numbers). Needs phase head's setup
+  # (or run `head` with HEAD_MIN=0.1 first). VARIANTS: "name:override override;name2:override ..."
+  #   VARIANTS="base:;dt2:model.renderer.dt=0.0216 model.renderer.max_steps=64;hash19:model.network.grid.log2_hashmap_size=19" \
+  #     SCREEN_MIN=8 bash bench/gpu_session.sh screen
+  IFS=';' read -ra vs <<<"${VARIANTS:?set VARIANTS}"
+  for v in "${vs[@]}"; do
+    name=${v%%:*}; args=${v#*:}
+    setsid nohup bash -c "python3 bench/bm_head_nerf.py --data-dir $TF/data --subject katie --minutes ${SCREEN_MIN:-8} \
+        --out $TF/screen_$name trainer.val_check_interval=1000 trainer.log_every_n_steps=50 $args \
+        >$TF/screen_$name.log 2>&1" </dev/null >/dev/null 2>&1 &
+  done
+  sleep 30
+  while [ "$(elapsed)" -lt 570 ] && pgrep -f bm_head_nerf >/dev/null; do sleep 10; done
+  for v in "${vs[@]}"; do
+    name=${v%%:*}; echo "== $name: ${v#*:}"; grep -a "curve:" $TF/screen_$name.log | tail -2
+    grep -a "Error\|Traceback" $TF/screen_$name.log | tail -2
+    cp $TF/screen_$name/curve.json $OUT/screen_$name.json 2>/dev/null
+  done
+  echo "phase screen: $(elapsed) s" ;;
 torso)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $TF/site .carry/av/*.whl \
     >>"$TF/install.log" 2>&1 || echo "PyAV install failed (no val videos)"
