@@ -209,17 +209,24 @@ class PersonMotion:
         """THE eye openness of offsets [...,68,3] for this person -> [...] in [0,1]."""
         return eye_openness_from_offsets(off, self.mean_shape, *self.eye_quantiles)
 
-    def closed_mouth(self, quantile: float = 0.1) -> np.ndarray:
+    def closed_mouth(self, quantile: float = 0.1, low: float = 0.08) -> np.ndarray:
         """The person's own closed mouth: the mean of `MOUTH_POINTS` over their database frames whose mouth
-        opening is at or below its `quantile` (at least one frame). Returns offsets [len(MOUTH_POINTS),3]; its
-        opening is at most that quantile (the gap of a mean is at most the mean gap)."""
+        opening lies between its `low` and `quantile` quantiles (when no frame does, the widest-open frames at or
+        below the `quantile` one). Returns offsets [len(MOUTH_POINTS),3]; its opening is at most the `quantile`
+        quantile (the gap of a mean is at most the mean gap), so it counts as closed by that line while lying as
+        close to it as the person's frames allow: the least-closed pose that is still closed (docs/audio2motion.md,
+        Pauses)."""
         cache = self.__dict__.setdefault("_closed_mouth", {})
-        if quantile not in cache:
+        key = (float(quantile), float(low))
+        if key not in cache:
             db = np.asarray(self.database, np.float64)
             opening = mouth_opening68(db + lmk.to68(np.asarray(self.mean_shape, np.float64)))
-            shut = opening <= np.quantile(opening, quantile)
-            cache[quantile] = db[shut][:, MOUTH_POINTS].mean(0).astype(np.float32)
-        return cache[quantile]
+            lo, hi = np.quantile(opening, [min(low, quantile), quantile])
+            sel = (opening >= lo) & (opening <= hi)
+            if not sel.any():
+                sel = opening == opening[opening <= hi].max()
+            cache[key] = db[sel][:, MOUTH_POINTS].mean(0).astype(np.float32)
+        return cache[key]
 
 
 # --------------------------------------------------------------------------------------------------------------
