@@ -217,13 +217,15 @@ def test_stream_drains_a_backlog_in_batches(monkeypatch, full_lookahead):
     seen = []
     stats = _stream_pipeline(slow).stream(_live(wav), knobs, on_frame=lambda t, f: seen.append(t))
     assert seen == list(range(T)) and len(stats.latencies) == T
-    assert max(stats.pushes) == 4 and sum(stats.pushes) == T  # chunks taken 4 at a time once behind
+    # chunks are taken several at a time once behind (how many wait at each step depends on the machine's load:
+    # seen 3 on a loaded CI machine), never more than batch_frames, and every chunk exactly once
+    assert 2 <= max(stats.pushes) <= 4 and sum(stats.pushes) == T
     assert max(stats.batches) == 4 and len(slow.calls) < T / 2
-    # once rendering starts (chunk `lookahead_frames`) the renderer falls behind and every step takes a full
-    # batch: about a quarter of the remaining chunks in steps (not one step per chunk, which would let the backlog
-    # of a renderer slower per call than 40 ms grow with the stream's length)
+    # once rendering starts (chunk `lookahead_frames`) the renderer falls behind and steps take several chunks:
+    # well under one step per chunk, which would let the backlog of a renderer slower per call than 40 ms grow with
+    # the stream's length
     lf = stats.lookahead_frames
-    assert len(stats.pushes) <= lf + (T - lf) // 4 + 6
+    assert len(stats.pushes) <= lf + (T - lf) // 2 + 6
     if full_lookahead:
         # look-ahead past the receptive field: the same motion whatever the steps (a per-chunk stream for reference)
         sm = StreamingMotion(_stream_pipeline(_SlowRenderer(0.0)), knobs)
