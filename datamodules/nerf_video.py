@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.streams import StepStream
 from talkfield.camera import scale_intrinsics
-from talkfield.dataset import DatasetError, SubjectDataset, open_subject, preprocess_hint
+from talkfield.dataset import HEAD_LABELS, DatasetError, SubjectDataset, open_subject, preprocess_hint
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class NerfVideoDataModule(LightningDataModule):
     Train items come from an endless step-indexed stream (exact resume); val items are the held-out frames.
     Each item: frame [] int64, c2w [4,4], K [3,3] (at render_size), motion [W,204] raw canonical offsets,
     eye [W], target/bg/face at render_size ([H,W,3] float32 in [0,1], [H,W,3], [H,W] bool), target_sr/face_sr
-    at 2 x render_size, lip_rect [4] (x0, y0, x1, y1) float32 px at 2 x render_size.
+    at 2 x render_size, lip_rect [4] (x0, y0, x1, y1) float32 px at 2 x render_size, head_mask [H,W] float32 in
+    [0, 1] at render_size (the segmentation's head labels, area-averaged: where the head field should be opaque).
     """
 
     def __init__(self, data_dir: str, subject: str, render_size: int = 256, window: int = 3, face_dilate: int = 8,
@@ -117,6 +118,7 @@ class NerfVideoDataModule(LightningDataModule):
         self.bg = torch.empty(n_frames, r, r, 3, dtype=torch.uint8)
         self.face = torch.empty(n_frames, r, r, dtype=torch.bool)
         self.face_sr = torch.empty(n_frames, s, s, dtype=torch.bool)
+        self.head_mask = torch.empty(n_frames, r, r, dtype=torch.uint8)
         log.info("loading %d frames of subject %r at %d and %d px", T, self.subject, r, s)
         for t in range(T):
             tgt = ds.head_target(t)
@@ -129,6 +131,8 @@ class NerfVideoDataModule(LightningDataModule):
             self.bg[t] = torch.from_numpy(np.clip(np.round(_resize(bg, r)), 0, 255).astype(np.uint8))
             self.face[t] = torch.from_numpy(_resize(face, r) > 0)
             self.face_sr[t] = torch.from_numpy(_resize(face, s) > 0)
+            head = np.isin(ds.labels(t), HEAD_LABELS).astype(np.float32)
+            self.head_mask[t] = torch.from_numpy(np.round(_resize(head, r) * 255.0).astype(np.uint8))
 
     # ---------------------------------------------------------------------------------------------------------
     @property
@@ -147,7 +151,7 @@ class NerfVideoDataModule(LightningDataModule):
             "motion": self.offsets[win], "eye": self.eye[win],
             "target": self.target[t].float() / 255.0, "target_sr": self.target_sr[t].float() / 255.0,
             "bg": self.bg[t].float() / 255.0, "face": self.face[t], "face_sr": self.face_sr[t],
-            "lip_rect": self.lip_rect[t],
+            "lip_rect": self.lip_rect[t], "head_mask": self.head_mask[t].float() / 255.0,
         }
 
     def _train_item(self, index: int, step: int) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "lambda_rgb": 1.0,
     "lambda_rgb_sr": 1.0,
     "lambda_entropy": 1.0e-4,  # alpha entropy
+    "lambda_mask": 0.0,        # opacity vs the head segmentation (0: off, GeneFace++'s choice)
     "ambient": {"mode": "adaptive", "reg": "mae", "value": 1.0, "ramp_steps": 0,
                 "target": 1.0e-8, "rate": 3.0e-5, "min": 1.0e-4, "max": 1.0e3},
     "lambda_lpips": 0.0,       # perceptual loss on the render and the SR image (0: off)
@@ -227,7 +228,7 @@ class HeadNeRFModule(TalkFieldModule):
         if not self.perceptual_cfg["enabled"]:
             lp = 0.0
         return {"rgb": float(c["lambda_rgb"]), "rgb_sr": float(c["lambda_rgb_sr"]),
-                "entropy": float(c["lambda_entropy"]), "ambient": lam_amb,
+                "entropy": float(c["lambda_entropy"]), "mask": float(c["lambda_mask"]), "ambient": lam_amb,
                 "lpips": lp, "lpips_sr": lp, "lpips_lip": lp * float(c["lpips_lip"])}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
@@ -260,6 +261,8 @@ class HeadNeRFModule(TalkFieldModule):
             "entropy": L.alpha_entropy(out["weights_sum"]),
             "ambient": L.ambient_regularizer(out["ambient_sum"], ~batch["face"].reshape(-1), c["ambient"]["reg"]),
         }
+        if lam["mask"] > 0:
+            terms["mask"] = L.alpha_mask_loss(out["weights_sum"], batch["head_mask"])
         if lam["lpips"] > 0:
             net, _ = self.perceptual_net()
             terms["lpips"] = L.perceptual(net, img, target)

@@ -35,6 +35,13 @@ def alpha_entropy(weights_sum: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (-(a * torch.log2(a) + (1.0 - a) * torch.log2(1.0 - a))).mean()
 
 
+def alpha_mask_loss(weights_sum: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between each ray's opacity and the head segmentation (1 inside the head, 0 outside,
+    fractions at edges): keeps the face opaque (no background showing through eyes and mouth) and the field empty
+    outside the head. weights_sum: [N]; head_mask: [N] (or any shape with N elements) in [0, 1]."""
+    return ((weights_sum.float().reshape(-1) - head_mask.float().reshape(-1)) ** 2).mean()
+
+
 def ambient_regularizer(ambient_sum: torch.Tensor, nonface: torch.Tensor, mode: str = "mae") -> torch.Tensor:
     """Mean ambient magnitude over the rays outside the face: motion there should come from nothing (hair,
     ears and neck must not follow the lips). ambient_sum: [N] per-ray sum of |ambient| (or [N, k]);

@@ -123,3 +123,10 @@ def test_zero_density_render_is_the_background_and_sr_starts_bilinear():
     sr = SuperResolution(channels=8, blocks=1, up_channels=8)
     img = torch.rand(1, 3, 8, 8)
     assert torch.allclose(sr(img), F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def test_alpha_mask_loss_known_values():
+    ws = torch.tensor([1.0, 0.0, 0.5, 0.25])
+    assert float(L.alpha_mask_loss(ws, torch.tensor([1.0, 0.0, 0.5, 0.25]))) == 0.0
+    assert float(L.alpha_mask_loss(ws, torch.tensor([0.0, 1.0, 0.5, 0.75]))) == pytest.approx((1 + 1 + 0 + 0.25) / 4)
+    assert float(L.alpha_mask_loss(ws, torch.ones(2, 2))) == pytest.approx((0 + 1 + 0.25 + 0.5625) / 4)
