@@ -89,6 +89,40 @@ class BenchCallback(Callback):
         return (s1 - s0) / max(t1 - t0, 1e-9)
 
 
+def prepare(out_dir: str) -> Path:
+    """Logging, the output folder, and the cuda_ext kernels built or loaded before any clock starts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_available():
+        import cuda_ext._backend as backend
+
+        t = time.perf_counter()
+        backend.load()
+        print(f"cuda_ext ready in {time.perf_counter() - t:.1f} s ({backend.loaded_from()})", flush=True)
+    return out
+
+
+def timed_run(overrides: list[str], out: Path, minutes: float, val_keys=None):
+    """Train the configured stage in out/run with a BenchCallback stopping it `minutes` after the first step.
+    Returns (cfg, final metrics, the callback's state: curve, marks, iterations_per_s, steps)."""
+    from omegaconf import open_dict
+
+    from talkfield.training import run
+    from tests.helpers import compose_train
+
+    cfg = compose_train(overrides, out)
+    state_path = out / "bench_state.json"
+    bench = {"_target_": "bm_head_nerf.BenchCallback", "budget_s": minutes * 60.0, "out_json": str(state_path)}
+    if val_keys is not None:
+        bench["val_keys"] = list(val_keys)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+        cfg.callbacks.bench = bench
+    metrics = run(cfg, overrides=overrides)
+    return cfg, metrics, json.loads(state_path.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default="data")
@@ -97,35 +131,16 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    import cuda_ext._backend as backend
-    from omegaconf import open_dict
-
-    from talkfield.training import run
-    from tests.helpers import compose_train
-
-    if torch.cuda.is_available():
-        t = time.perf_counter()
-        backend.load()  # build or load the kernels before the clock starts
-        print(f"cuda_ext ready in {time.perf_counter() - t:.1f} s ({backend.loaded_from()})", flush=True)
+    out = prepare(args.out)
+    from talkfield.training import device_name
     overrides = ["experiment=head_nerf", f"subject.name={args.subject}", "subject.synthetic=null",
                  f"paths.data_dir={Path(args.data_dir).resolve()}", "logger=csv", "model.perceptual.enabled=false",
                  "model.val_video=false", "trainer.max_steps=1000000", "trainer.val_check_interval=500",
                  "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.save_top_k=0", *args.overrides]
-    cfg = compose_train(overrides, out)
-    state_path = out / "bench_state.json"
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.bench = {"_target_": "bm_head_nerf.BenchCallback", "budget_s": args.minutes * 60.0,
-                               "out_json": str(state_path)}
-    metrics = run(cfg, overrides=overrides)
-    state = json.loads(state_path.read_text())
+    cfg, metrics, state = timed_run(overrides, out, args.minutes)
     its = state["iterations_per_s"]
     rays = int(cfg.data.render_size) ** 2
-    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    card = device_name()
     result = {"card": card, "subject": args.subject, "minutes": args.minutes, "rays_per_step": rays,
               "iterations_per_s": its, "steps": state["steps"], "curve": state["curve"],
               "final": {k: v for k, v in metrics.items() if k.startswith("val/")}, "overrides": overrides}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 import time
@@ -35,6 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # so the config can name bm_head_nerf.BenchCallback
+
+from bm_head_nerf import prepare, timed_run  # noqa: E402
 DATE = "2026-11-25"
 VAL_KEYS = ("val/psnr", "val/psnr_neck", "val/psnr_render", "val/psnr_neck_render", "val/psnr_head_over_plate",
             "val/psnr_neck_head_over_plate", "val/psnr_head_over_real_torso", "val/psnr_neck_head_over_real_torso",
@@ -85,20 +86,8 @@ def main() -> None:
         return
     if not args.head:
         ap.error("--head is required (a head checkpoint, run dir or latest)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    import cuda_ext._backend as backend
-    from omegaconf import open_dict
-
-    from talkfield.training import run
-    from tests.helpers import compose_train
-
-    if torch.cuda.is_available():
-        t = time.perf_counter()
-        backend.load()  # build or load the kernels before the clock starts
-        print(f"cuda_ext ready in {time.perf_counter() - t:.1f} s ({backend.loaded_from()})", flush=True)
+    out = prepare(args.out)
+    from talkfield.training import device_name
     head = args.head if args.head == "latest" else str(Path(args.head).resolve())
     if args.compare:
         compare(args, head, out)
@@ -107,16 +96,9 @@ def main() -> None:
                  f"paths.data_dir={Path(args.data_dir).resolve()}", f"model.init_from={head}", "logger=csv",
                  "trainer.max_steps=1000000", "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false",
                  "callbacks.model_checkpoint.save_top_k=0", *args.overrides]
-    cfg = compose_train(overrides, out)
-    state_path = out / "bench_state.json"
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.bench = {"_target_": "bm_head_nerf.BenchCallback", "budget_s": args.minutes * 60.0,
-                               "out_json": str(state_path), "val_keys": list(VAL_KEYS)}
-    metrics = run(cfg, overrides=overrides)
-    state = json.loads(state_path.read_text())
+    cfg, metrics, state = timed_run(overrides, out, args.minutes, VAL_KEYS)
     its = state["iterations_per_s"]
-    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    card = device_name()
     fin = {k: v for k, v in metrics.items() if k.startswith("val/")}
     result = {"card": card, "subject": args.subject, "minutes": args.minutes, "iterations_per_s": its,
               "steps": state["steps"], "curve": state["curve"], "final": fin, "overrides": overrides}
@@ -130,14 +112,15 @@ def main() -> None:
     cmd = f"python bench/bm_torso_nerf.py --subject {args.subject} --head <head ckpt> --minutes {args.minutes:g}"
     if args.overrides:
         cmd += " " + " ".join(args.overrides)
-    names = {"val/psnr": "full-frame PSNR vs real frames (512 px SR)",
-             "val/psnr_neck": "neck-band PSNR vs real frames (512 px SR)",
+    sr = f"{2 * int(cfg.data.render_size)} px SR"
+    names = {"val/psnr": f"full-frame PSNR vs real frames ({sr})",
+             "val/psnr_neck": f"neck-band PSNR vs real frames ({sr})",
              "val/psnr_render": "full-frame PSNR vs real frames (render size, before SR)",
              "val/psnr_head_over_plate": "reference: same head over the bare plate, full frame",
              "val/psnr_neck_head_over_plate": "reference: same head over the bare plate, neck band",
              "val/psnr_head_over_real_torso": "reference: same head over the frame's own torso, full frame",
              "val/psnr_neck_head_over_real_torso": "reference: same head over the frame's own torso, neck band",
-             "val/ssim": "SSIM vs real frames (512 px SR)"}
+             "val/ssim": f"SSIM vs real frames ({sr})"}
     rows = [f"| torso_nerf {args.subject} {names[k]} after {args.minutes:g} min (motion oracle) | {fin[k]:.2f} | "
             f"{'' if k == 'val/ssim' else 'dB'} | {card} | {DATE} | `{cmd}` |" for k in names if k in fin]
     if its is not None:
