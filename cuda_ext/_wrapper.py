@@ -311,14 +311,18 @@ def composite_rays(
 def render_inference(
     field_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]], rays_o: Tensor, rays_d: Tensor, grid, *,
     dt: float, max_steps: int, T_thresh: float = 1e-2, min_near: float = 0.05, max_step_per_pass: int = 8,
+    ray_index: bool = False, stats: Optional[dict] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Render rays at inference with the march/composite loop (only alive rays are marched each pass).
 
     Args:
         field_fn: (xyzs [K, 3], dirs [K, 3]) -> (sigmas [K], rgbs [K, 3]); called on padded blocks too
-            (their dt is 0 so they add nothing). rays_o, rays_d: [N, 3]. grid: :class:`OccupancyGrid`.
+            (their dt is 0 so they add nothing). With ``ray_index``, field_fn(xyzs, dirs, rays [K] int64) also gets
+            the ray each sample belongs to (e.g. to pick a per-image condition when the rays of several images
+            are rendered together). rays_o, rays_d: [N, 3]. grid: :class:`OccupancyGrid`.
         dt, max_steps: as for :func:`march_rays_train`. T_thresh: stop a ray when T < T_thresh.
         max_step_per_pass: samples per alive ray per pass are clamp(N / A, 1, this).
+        stats: if given, ``stats["samples"]`` is set to the sample slots evaluated (padding included).
     Returns:
         weights_sum [N], depth [N], image [N, 3] (no background; add ``(1 - weights_sum) * bg``).
     """
@@ -331,16 +335,23 @@ def render_inference(
     depth = torch.zeros(n, dtype=torch.float32, device=dev)
     image = torch.zeros(n, 3, dtype=torch.float32, device=dev)
     alive = torch.nonzero(torch.isfinite(rays_t)).squeeze(1).int()
-    passes = 0
+    passes = evaluated = 0
     while alive.numel() > 0 and passes <= max_steps:  # every pass samples or retires each alive ray
-        n_step = int(max(1, min(max_step_per_pass, n // alive.numel())))
+        a = alive.numel()
+        n_step = int(max(1, min(max_step_per_pass, n // a)))
         xyzs, dirs, deltas = march_rays(rays_o, rays_d, rays_t, rays_n, fars, alive, grid.bitfield, grid.aabb,
                                         resolution=grid.resolution, dt=dt, n_step=n_step, max_steps=max_steps)
+        args = (xyzs.reshape(-1, 3), dirs.reshape(-1, 3))
+        if ray_index:
+            args += (alive.long()[:, None].expand(a, n_step).reshape(-1),)
         with torch.no_grad():
-            sigmas, rgbs = field_fn(xyzs.reshape(-1, 3), dirs.reshape(-1, 3))
+            sigmas, rgbs = field_fn(*args)
         keep = composite_rays(sigmas, rgbs, deltas, alive, rays_t, weights_sum, depth, image, T_thresh)
         alive = alive[keep]
+        evaluated += a * n_step
         passes += 1
+    if stats is not None:
+        stats["samples"] = evaluated
     return weights_sum, depth, image
 
 

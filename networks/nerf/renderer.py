@@ -88,9 +88,9 @@ class VolumeRenderer(nn.Module):
         """Render B images at once without gradients (inference): rays_o, rays_d [B, P, 3] (P rays per image), bg
         [B, P, 3] or None (black).
 
-        All B*P rays go through one inference march/composite loop (`cuda_ext.march_rays` / `composite_rays`: only
-        rays still alive are marched, each pass `n_step` samples per ray). The samples of a pass are [A, n_step] for
-        the alive ray indices `alive` [A], so the image a sample belongs to is alive // P: field_fn(xyzs [K, 3],
+        All B*P rays go through one inference march/composite loop (`cuda_ext.render_inference`: only rays still
+        alive are marched, each pass `n_step` samples per ray). With `ray_index` it hands each sample's ray, so the
+        image a sample belongs to is ray // P: field_fn(xyzs [K, 3],
         dirs [K, 3], image [K] int64 in [0, B)) evaluates each sample with its own image's condition. A ray stops
         after the sample that brings its transmittance below `T_thresh` or after `max_steps` samples: the same
         samples and the same stopping rule as `render` (equal up to float rounding), with no field evaluation
@@ -100,32 +100,18 @@ class VolumeRenderer(nn.Module):
         B, P = rays_o.shape[:2]
         o = rays_o.reshape(-1, 3).float().contiguous()
         d = rays_d.reshape(-1, 3).float().contiguous()
-        n = o.shape[0]
-        dev = o.device
-        grid = self.grid
-        evaluated = 0
+        stats: dict = {}
+
+        def fn(xyzs, dirs, rays):
+            sigma, col, _ = field_fn(xyzs, dirs, rays // P)
+            return sigma.float(), col.float()
+
         with cuda_ext.backend(self.backend):
-            nears, fars = cuda_ext.near_far_from_aabb(o, d, self.aabb, self.min_near)
-            rays_t = nears.float().contiguous().clone()
-            rays_n = torch.zeros(n, dtype=torch.int32, device=dev)
-            ws = torch.zeros(n, dtype=torch.float32, device=dev)
-            depth = torch.zeros(n, dtype=torch.float32, device=dev)
-            rgb = torch.zeros(n, 3, dtype=torch.float32, device=dev)
-            alive = torch.nonzero(torch.isfinite(rays_t)).squeeze(1).int()
-            passes = 0
-            while alive.numel() > 0 and passes <= self.max_steps:  # every pass samples or retires each alive ray
-                a = alive.numel()
-                n_step = int(max(1, min(int(max_step_per_pass), n // a)))
-                xyzs, dirs, deltas = cuda_ext.march_rays(o, d, rays_t, rays_n, fars, alive, grid.bitfield, self.aabb,
-                                                         resolution=grid.resolution, dt=self.dt, n_step=n_step,
-                                                         max_steps=self.max_steps)
-                image = (alive.long() // P)[:, None].expand(a, n_step).reshape(-1)
-                sigma, col, _ = field_fn(xyzs.reshape(-1, 3), dirs.reshape(-1, 3), image)
-                keep = cuda_ext.composite_rays(sigma.float(), col.float(), deltas, alive, rays_t, ws, depth, rgb,
-                                               self.T_thresh)
-                alive = alive[keep]
-                evaluated += a * n_step
-                passes += 1
+            ws, depth, rgb = cuda_ext.render_inference(fn, o, d, self.grid, dt=self.dt, max_steps=self.max_steps,
+                                                       T_thresh=self.T_thresh, min_near=self.min_near,
+                                                       max_step_per_pass=int(max_step_per_pass), ray_index=True,
+                                                       stats=stats)
+        evaluated = stats["samples"]
         ws, depth, rgb = ws.reshape(B, P), depth.reshape(B, P), rgb.reshape(B, P, 3)
         out = {"rgb": rgb, "weights_sum": ws, "depth": depth, "num_samples": evaluated}
         out["image"] = rgb + (1.0 - ws)[..., None] * bg.float() if bg is not None else rgb
