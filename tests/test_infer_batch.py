@@ -228,16 +228,10 @@ def test_stream_drains_a_backlog_in_batches(monkeypatch, full_lookahead):
     assert len(stats.pushes) <= lf + (T - lf) // 2 + 6
     if full_lookahead:
         # look-ahead past the receptive field: the same motion whatever the steps (a per-chunk stream for reference)
-        sm = StreamingMotion(_stream_pipeline(_SlowRenderer(0.0)), knobs)
-        want = []
-        from talkfield.inference import chunk_source
+        from tests.test_infer import streamed_motion
 
-        for chunk, _ in chunk_source(wav):
-            r = sm.push(chunk)
-            if r is not None:
-                want.append(r[1])
-        want.append(sm.finish()[1])
-        np.testing.assert_allclose(np.concatenate(slow.calls), np.concatenate(want), atol=2e-3)
+        want = streamed_motion(StreamingMotion(_stream_pipeline(_SlowRenderer(0.0)), knobs), wav)
+        np.testing.assert_allclose(np.concatenate(slow.calls), want, atol=2e-3)
 
 
 def test_chunk_feed_takes_what_waits_and_raises_source_errors():
