@@ -121,7 +121,8 @@ class NerfVideoDataModule(LightningDataModule):
         self.head_mask = torch.empty(n_frames, r, r, dtype=torch.uint8)
         log.info("loading %d frames of subject %r at %d and %d px", T, self.subject, r, s)
         for t in range(T):
-            tgt = ds.head_target(t)
+            labels = ds.labels(t)
+            tgt = ds.head_target(t, labels)
             torso = ds.torso_rgba(t).astype(np.float32) / 255.0
             a = torso[..., 3:]
             bg = (torso[..., :3] * a + plate * (1.0 - a)) * 255.0
@@ -131,7 +132,7 @@ class NerfVideoDataModule(LightningDataModule):
             self.bg[t] = torch.from_numpy(np.clip(np.round(_resize(bg, r)), 0, 255).astype(np.uint8))
             self.face[t] = torch.from_numpy(_resize(face, r) > 0)
             self.face_sr[t] = torch.from_numpy(_resize(face, s) > 0)
-            head = np.isin(ds.labels(t), HEAD_LABELS).astype(np.float32)
+            head = np.isin(labels, HEAD_LABELS).astype(np.float32)
             self.head_mask[t] = torch.from_numpy(np.round(_resize(head, r) * 255.0).astype(np.uint8))
 
     # ---------------------------------------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class SubjectDataset:
             raise DatasetError(f"subject {self.name!r}: arrays missing from {self.root}: {sorted(set(missing))}; "
                                f"{preprocess_hint(self.name)} (add preprocess.force=true to rebuild)")
         self._cache: dict[str, np.ndarray] = {}
+        self._plate: np.ndarray | None = None
 
     @property
     def T(self) -> int:
@@ -267,14 +268,17 @@ class SubjectDataset:
         return self._read(self.image_path("torso", t), cv2.IMREAD_UNCHANGED)
 
     def background(self) -> np.ndarray:
-        """Clean background plate: uint8 [H,W,3] RGB."""
+        """Clean background plate: uint8 [H,W,3] RGB (decoded once per dataset object; each call gets a copy)."""
         import cv2
 
-        return self._read(self.image_path("bg"), cv2.IMREAD_COLOR)
+        if self._plate is None:
+            self._plate = self._read(self.image_path("bg"), cv2.IMREAD_COLOR)
+        return self._plate.copy()
 
-    def head_target(self, t: int) -> np.ndarray:
-        """Head-stage ground truth: the frame with its background replaced by the plate, uint8 [H,W,3]."""
-        frame, lab = self.frame(t), self.labels(t)
+    def head_target(self, t: int, labels: np.ndarray | None = None) -> np.ndarray:
+        """Head-stage ground truth: the frame with its background replaced by the plate, uint8 [H,W,3].
+        labels: frame t's label map when the caller has already read it."""
+        frame, lab = self.frame(t), self.labels(t) if labels is None else labels
         return np.where((lab == LABELS["background"])[..., None], self.background(), frame)
 
 

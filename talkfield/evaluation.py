@@ -307,7 +307,7 @@ class HeldOut:
         person = self._person()
         off = predict_motion(a2m, feats, f0, temperature=0.0, mouth_amp=1.0, stats=stats, seed=0)[:n]
         knobs = Knobs()  # inference's defaults: pause closing from these frames' own audio, same look-ahead
-        audio = np.asarray(self.ds.array("audio"), np.float32)[640 * a: 640 * (a + n)]
+        audio = np.asarray(self.ds.array("audio"), np.float32)[SAMPLES_PER_FRAME * a: SAMPLES_PER_FRAME * (a + n)]
         off = postprocess(off, person, lle_blend=knobs.lle_blend, blink="none", seed=0, audio=audio,
                           pause_close=knobs.pause_close, lookahead=knobs.lookahead)
         win = condition_window(np.arange(n), self.window, n)
