@@ -51,6 +51,7 @@ def make_long_input(out: Path, seconds: float = 300.0) -> Path:
     import cv2
 
     from talkfield.audio import load_audio
+    from talkfield.media import VideoWriter
 
     with av.open(str(REAL)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -60,26 +61,10 @@ def make_long_input(out: Path, seconds: float = 300.0) -> Path:
     padded = [cv2.copyMakeBorder(f, top, 1080 - h - top, left, 1920 - w - left, cv2.BORDER_REPLICATE)
               for f in frames]
     n = int(round(seconds * 25))
-    with av.open(str(out), "w") as c:
-        vs = c.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = 1920, 1080, "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "23"}
-        as_ = c.add_stream("aac", rate=16000, layout="mono")
+    audio = wav[np.arange(n * 640) % len(wav)]
+    with VideoWriter(out, 25, (1920, 1080), audio=audio, sample_rate=16000, crf=23, preset="ultrafast") as vw:
         for i in range(n):
-            for p in vs.encode(av.VideoFrame.from_ndarray(padded[i % len(padded)], format="rgb24")):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        total = n * 640
-        for a in range(0, total, 1024):
-            idx = (np.arange(a, a + 1024) % len(wav))
-            fr = av.AudioFrame.from_ndarray(wav[idx][None].astype(np.float32), format="fltp", layout="mono")
-            fr.sample_rate = 16000
-            fr.pts = a
-            for p in as_.encode(fr):
-                c.mux(p)
-        for p in as_.encode():
-            c.mux(p)
+            vw.write(padded[i % len(padded)])
     return out
 
 
