@@ -16,6 +16,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def save_panel(path: Path, target: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor) -> None:
+    """target | render | 4 x mean |error| | alpha, side by side (uint8 PNG)."""
+    import cv2
+    import numpy as np
+
+    err = (4 * (image - target).abs().mean(-1, keepdim=True)).clamp(0, 1).expand_as(image)
+    panel = torch.cat([target, image, err, alpha[..., None].expand_as(image)], 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray((panel[..., ::-1] * 255).round().astype(np.uint8)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("head", type=Path)
@@ -23,6 +34,8 @@ def main() -> None:
     ap.add_argument("--subject", default="katie")
     ap.add_argument("--frames", default="10,120,181,190", help="subject frame indices (val frames use the mean code)")
     ap.add_argument("--render-size", type=int, default=256)
+    ap.add_argument("--save", type=Path, default=None,
+                    help="folder for one image per frame (fp32 rays): target | render | 4 x |error| | alpha")
     args = ap.parse_args()
     import lightning_modules.head_nerf as hn
     from datamodules.nerf_video import NerfVideoDataModule
@@ -46,7 +59,10 @@ def main() -> None:
         for name, fn in (("fp32", camera.get_rays), ("bf16", bf16_rays)):
             hn.get_rays = fn
             with torch.no_grad():
-                img = head.render_head(b["c2w"], b["K"], b["motion"], b["eye"], code, b["bg"])["image"].clamp(0, 1)
+                out = head.render_head(b["c2w"], b["K"], b["motion"], b["eye"], code, b["bg"])
+            img = out["image"].clamp(0, 1)
+            if args.save is not None and name == "fp32":
+                save_panel(args.save / f"frame{t:06d}.png", b["target"], img, out["alpha"])
             print(f"{t:6d} {name:>5s} {float(L.psnr(img, b['target'])):7.2f} "
                   f"{float(L.psnr(img, b['target'], b['face'])):7.2f}", flush=True)
     hn.get_rays = camera.get_rays
