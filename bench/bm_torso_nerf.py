@@ -50,7 +50,7 @@ COMPARE = {
 """Variants of the torso losses and SR training compared by --compare (the default config is the third)."""
 
 
-def export_head(run_dir: Path, dst: Path) -> Path:
+def export_weights(run_dir: Path, dst: Path) -> Path:
     """Weights-only copy of a run's last checkpoint (tensors of >= 65,536 elements in float16 only if float32 does
     not fit MAX_RETURN_BYTES)."""
     from talkfield.runs import find_checkpoint, save_weights_only
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = ap.parse_args()
     if args.export_head is not None:
-        export_head(args.export_head, args.to)
+        export_weights(args.export_head, args.to)
         return
     if not args.head:
         ap.error("--head is required (a head checkpoint, run dir or latest)")

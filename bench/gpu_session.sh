@@ -40,7 +40,7 @@ head)
   python3 -c "import torch, cuda_ext._backend as b; b.load(); print('torch', torch.__version__, '| cuda_ext from', b.loaded_from())" 2>&1 | tail -2
   python3 -c "from networks.perceptual import build_perceptual as b; print('perceptual:', b('alex', 'auto')[1])" 2>&1 | tail -1
   echo "setup: $(elapsed) s"
-  # the head benchmark alone on the GPU; the A2M model trains after it (phase 2 starts it if this call ends first)
+  # the head benchmark alone on the GPU (the A2M model trains later, after the torso, in phase torso)
   setsid nohup bash -c "python3 bench/bm_head_nerf.py --data-dir $TF/data --subject katie --minutes $HEAD_MIN \
       --out $TF/head trainer.val_check_interval=1000 trainer.log_every_n_steps=50 ${HEAD_ARGS:-} >$TF/head.log 2>&1" \
       </dev/null >/dev/null 2>&1 &
@@ -95,16 +95,15 @@ collect)
   tail -5 $TF/a2m.log
   python3 - <<'EOF'
 # weights-only copies for later leases (float16 where float32 would exceed what a returned file may hold)
-import sys, torch
+import sys
 from pathlib import Path
 sys.path.insert(0, "bench")
-from bm_torso_nerf import export_head
-from talkfield.runs import find_checkpoint
+from bm_torso_nerf import export_weights
 out = Path(__import__("os").environ.get("OUT", "/tmp/tf_out"))
-export_head(Path("/tmp/tf/torso/run"), out / "torso_katie.ckpt")
+export_weights(Path("/tmp/tf/torso/run"), out / "torso_katie.ckpt")
 runs = sorted(Path("/tmp/tf/outputs/katie/audio2motion").glob("*/checkpoints/last.ckpt"))
 if runs:
-    export_head(runs[-1], out / "a2m_katie.ckpt")
+    export_weights(runs[-1], out / "a2m_katie.ckpt")
 EOF
   ls -la $OUT
   echo "phase collect: $(elapsed) s" ;;
