@@ -4,6 +4,8 @@ camera, landmark-condition window, eye openness, ground truth, background and fa
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +121,10 @@ class NerfVideoDataModule(LightningDataModule):
         self.face = torch.empty(n_frames, r, r, dtype=torch.bool)
         self.face_sr = torch.empty(n_frames, s, s, dtype=torch.bool)
         self.head_mask = torch.empty(n_frames, r, r, dtype=torch.uint8)
-        log.info("loading %d frames of subject %r at %d and %d px", T, self.subject, r, s)
-        for t in range(T):
+        workers = max(1, min(8, os.cpu_count() or 1))
+        log.info("loading %d frames of subject %r at %d and %d px (%d threads)", T, self.subject, r, s, workers)
+
+        def load(t: int) -> None:  # each call fills row t only; cv2 and numpy release the GIL, so threads overlap
             labels = ds.labels(t)
             tgt = ds.head_target(t, labels)
             torso = ds.torso_rgba(t).astype(np.float32) / 255.0
@@ -134,6 +138,10 @@ class NerfVideoDataModule(LightningDataModule):
             self.face_sr[t] = torch.from_numpy(_resize(face, s) > 0)
             head = np.isin(labels, HEAD_LABELS).astype(np.float32)
             self.head_mask[t] = torch.from_numpy(np.round(_resize(head, r) * 255.0).astype(np.uint8))
+
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(load, range(T)):  # re-raises the first failure (naming the file) here
+                pass
 
     # ---------------------------------------------------------------------------------------------------------
     @property
