@@ -18,7 +18,7 @@ mkdir -p "$OUT" "$TF/site" "$TF/data"
 export PYTHONUNBUFFERED=1 TALKFIELD_DATA=$TF/data TALKFIELD_OUTPUTS=$TF/outputs WANDB_MODE=disabled
 export TALKFIELD_CUDA_EXT_SO=$PWD/.carry/s2b/cuda_ext/talkfield_cuda_ext.so TALKFIELD_CUDA_EXT_BUILD_DIR=$TF/cuda_ext_build
 export PYTHONPATH=$PWD:$TF/site
-STUDY_STEPS=${STUDY_STEPS:-400}
+STUDY_STEPS=${STUDY_STEPS:-600}
 t0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t0 )); }
 
