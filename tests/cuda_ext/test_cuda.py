@@ -303,5 +303,12 @@ def test_head_field_compiled_reduce_overhead_matches_eager():
             ref = step(fn, m, seed)
             for _ in range(2):  # recording run and a replay
                 got = step(compiled, m, seed)
-                for a, b in zip(ref, got):
+                for a, b in zip(ref[:3], got[:3]):  # outputs: elementwise
                     torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+                # parameter gradients: a table row's gradient sums many samples whose terms the compiled kernels
+                # round differently (Triton fusions vs cuBLAS, atomics in another order); rows where the terms
+                # cancel differ elementwise by far more than their size (run 4 on the H100: 0.1% of the position
+                # table's entries, max 1.7e-3 absolute), so each gradient is compared as a whole
+                for a, b in zip(ref[3:], got[3:]):
+                    err = (b - a).norm() / a.norm().clamp_min(1e-12)
+                    assert err < 2e-3, f"relative gradient error {err:.2e} (shape {tuple(a.shape)})"
