@@ -71,8 +71,9 @@ class TorsoVideoDataModule(NerfVideoDataModule):
             neck_sr[t] = torch.from_numpy(_resize(band, s) > 0.5)
         self.real, self.real_sr, self.neck, self.neck_sr = real, real_sr, neck, neck_sr
 
-    def item(self, t: int) -> dict[str, torch.Tensor]:
-        out = super().item(t)
-        out.update(real=self.real[t].float() / 255.0, real_sr=self.real_sr[t].float() / 255.0,
-                   neck=self.neck[t], neck_sr=self.neck_sr[t])
-        return out
+    UINT8_KEYS = NerfVideoDataModule.UINT8_KEYS + ("real", "real_sr")
+
+    def item(self, t: int, raw: bool = False) -> dict[str, torch.Tensor]:
+        out = super().item(t, raw=True)
+        out.update(real=self.real[t], real_sr=self.real_sr[t], neck=self.neck[t], neck_sr=self.neck_sr[t])
+        return out if raw else self.to_float(out)

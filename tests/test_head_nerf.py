@@ -101,6 +101,24 @@ def test_missing_dataset_names_subject_and_command(tmp_path):
         run(cfg)
 
 
+def test_train_items_travel_as_bytes(tiny_subject):
+    """Training items keep their images uint8 (4x fewer bytes to the device, no host-side conversion); the
+    datamodule's on_after_batch_transfer turns them into the same float32 [0, 1] images `item` gives."""
+    from datamodules.nerf_video import NerfVideoDataModule
+
+    data_dir, name = tiny_subject
+    dm = NerfVideoDataModule(str(data_dir), name, render_size=32)
+    dm.setup()
+    raw = next(iter(dm.train_dataloader()))
+    t = int(raw["frame"])
+    assert all(raw[k].dtype == torch.uint8 for k in dm.UINT8_KEYS)
+    got, ref = dm.on_after_batch_transfer(dict(raw), 0), dm.item(t)
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    assert ref["target"].dtype == torch.float32 and float(ref["target"].max()) <= 1.0
+
+
 def test_incomplete_dataset_names_array(tiny_subject, tmp_path):
     import shutil
 
