@@ -38,11 +38,12 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import talkfield.inference as inf
-    from bm_infer import speech, write_wav
+    from bm_infer import mel_filters_shim, speech, write_wav
 
     ck = Path(args.ckpt_dir)
     pipe = inf.TalkingHeadPipeline.from_subject(args.subject, data_dir=args.data_dir, runs_dir=ck / "runs",
                                                 torso=str(ck / "torso.ckpt"), a2m=str(ck / "a2m.ckpt"))
+    mel_filters_shim()  # without librosa (the GPU machine) log-mel uses torchaudio's identical filterbank
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     clip = write_wav(out / "speech.wav", speech(pipe.ds, None, args.seconds)[: int(args.seconds * 16000)])
