@@ -23,7 +23,9 @@ def main(cfg: DictConfig) -> None:
     from talkfield.inference import InferenceError, Knobs, TalkingHeadPipeline
     from talkfield.poses import PoseError
     from talkfield.runs import CheckpointError
+    from talkfield.threads import cap_cpu_threads
 
+    cap_cpu_threads(cfg.infer.get("cpu_threads", 0))
     try:
         knobs = Knobs.from_dict(OmegaConf.to_container(cfg.knobs, resolve=True))
         ck = cfg.checkpoints

@@ -35,9 +35,13 @@ def main() -> None:
     ap.add_argument("--out", default="diag_stream_out")
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--variants", default="8:4")
+    ap.add_argument("--cpu-threads", type=int, default=4, help="as infer.py's infer.cpu_threads (0: one per core)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import talkfield.inference as inf
+    from talkfield.threads import cap_cpu_threads
+
+    cap_cpu_threads(args.cpu_threads)
     from bm_infer import mel_filters_shim, speech, write_wav
 
     ck = Path(args.ckpt_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from fractions import Fraction
@@ -569,3 +570,27 @@ def test_bench_pkg_resources_shim(monkeypatch):
     import pkg_resources
 
     assert pkg_resources.get_distribution("numpy").version == np.__version__
+
+
+def test_cap_cpu_threads(monkeypatch):
+    """infer.cpu_threads: torch's pool, the loaded BLAS / OpenMP pools and the defaults for later ones are capped;
+    0 leaves everything alone."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from talkfield.threads import _VARS, cap_cpu_threads
+
+    for v in _VARS:
+        monkeypatch.delenv(v, raising=False)
+    torch_before = torch.get_num_threads()
+    pools_before = {p["user_api"]: p["num_threads"] for p in threadpool_info()}
+    try:
+        assert cap_cpu_threads(0) is None and "OMP_NUM_THREADS" not in os.environ
+        assert cap_cpu_threads(1) == 1
+        assert torch.get_num_threads() == 1
+        assert all(os.environ[v] == "1" for v in _VARS)
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+    finally:
+        torch.set_num_threads(torch_before)
+        for api, n in pools_before.items():
+            threadpool_limits(limits=n, user_api=api)
