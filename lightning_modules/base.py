@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -50,16 +51,35 @@ class TalkFieldModule(LightningModule):
         super().__init__()
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=True)
 
+    # --- per-step logging -----------------------------------------------------------------------------------
+    def logs_this_step(self) -> bool:
+        """Whether the loggers write this training step's on-step values. Lightning writes them every
+        `trainer.log_every_n_steps` optimizer steps (and on the step a stop is requested); a stage computes and
+        `self.log`s its per-step terms only then: each `self.log` costs ~0.5 ms of host time and a few small
+        device ops, which the other steps would pay for values no logger ever sees. (A callback that monitors a
+        `train/` value between those steps sees the last written one.)"""
+        trainer = self._trainer
+        if trainer is None or trainer.fast_dev_run:
+            return True
+        n = trainer.log_every_n_steps
+        return bool(n) and ((self.global_step + 1) % n == 0 or trainer.should_stop)
+
+    def prog_bar(self) -> bool:
+        """`prog_bar=` for the per-step values a stage shows: only with a progress bar, since Lightning turns every
+        prog_bar value into a Python number after each step (a host sync on the GPU)."""
+        return self._trainer is not None and self._trainer.progress_bar_callback is not None
+
     # --- NaN guard -----------------------------------------------------------------------------------------
     def guard_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Return the loss, or None (Lightning then skips backward + step) when it is not finite.
 
         Under DDP every rank must agree, so the decision is all-reduced: one bad rank skips the step everywhere.
         """
-        bad = (~torch.isfinite(loss.detach())).float()
+        bad = not math.isfinite(loss.item())  # on the GPU this waits for the forward pass
         if self.trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
-        if bad.item() > 0:
+            flag = torch.tensor(float(bad), device=loss.device)
+            bad = self.trainer.strategy.reduce(flag, reduce_op="max").item() > 0
+        if bad:
             self.skipped_steps += 1
             self.log("train/skipped_nonfinite", self.skipped_steps.float(), on_step=True, sync_dist=False)
             log.warning("step %d: non-finite loss; optimizer step skipped (%d so far)", self.global_step,

@@ -214,8 +214,9 @@ class HeadNeRFModule(TalkFieldModule):
         return self.sr(image.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
 
     # --- losses -------------------------------------------------------------------------------------------------
-    def loss_weights(self, step: int) -> dict[str, float]:
-        """Every loss weight at `step`: the one place they are decided."""
+    def loss_weights(self, step: int) -> dict[str, float | torch.Tensor]:
+        """Every loss weight at `step`: the one place they are decided. Floats, except the adaptive ambient weight:
+        a 0-dim tensor on the module's device (reading it as a float would wait for the GPU every step)."""
         c = self.loss_cfg
         amb = c["ambient"]
         if amb["mode"] == "fixed":
@@ -223,7 +224,7 @@ class HeadNeRFModule(TalkFieldModule):
         elif amb["mode"] == "scheduled":
             lam_amb = float(amb["value"]) * L.ramp(step, 0, int(amb["ramp_steps"]))
         else:
-            lam_amb = float(10.0 ** self.log10_lambda_ambient)
+            lam_amb = 10.0 ** self.log10_lambda_ambient
         lp = float(c["lambda_lpips"]) * L.ramp(step, int(c["lpips_start_step"]), int(c["lpips_ramp_steps"]))
         if not self.perceptual_cfg["enabled"]:
             lp = 0.0
@@ -271,12 +272,13 @@ class HeadNeRFModule(TalkFieldModule):
             rect = batch["lip_rect"][None]
             terms["lpips_lip"] = L.perceptual(net, L.crop_box(sr, rect, size), L.crop_box(target_sr, rect, size))
         total = sum(lam[k] * v for k, v in terms.items())
-        for k, v in terms.items():
-            self.log(f"train/loss_{k}", v.detach(), on_step=True)
-            self.log(f"train/lambda_{k}", lam[k], on_step=True)
-        self.log("train/loss", total.detach(), prog_bar=True)
-        self.log("train/psnr", L.psnr(img.detach(), target), prog_bar=True)
-        self.log("train/samples_per_ray", out["num_samples"] / rays_o.shape[0])
+        if self.logs_this_step():
+            for k, v in terms.items():
+                self.log(f"train/loss_{k}", v.detach(), on_step=True)
+                self.log(f"train/lambda_{k}", lam[k], on_step=True)
+            self.log("train/loss", total.detach(), prog_bar=self.prog_bar())
+            self.log("train/psnr", L.psnr(img.detach(), target), prog_bar=self.prog_bar())
+            self.log("train/samples_per_ray", out["num_samples"] / rays_o.shape[0])
         if c["ambient"]["mode"] == "adaptive":
             a = c["ambient"]
             self.log10_lambda_ambient.copy_(L.adaptive_log_weight(

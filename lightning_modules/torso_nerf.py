@@ -341,13 +341,14 @@ class TorsoNeRFModule(TalkFieldModule):
         if lam["deform"] > 0:
             terms["deform"] = torso["dx"].float().abs().mean()
         total = sum(lam[k] * v for k, v in terms.items())
-        for k, v in terms.items():
-            self.log(f"train/loss_{k}", v.detach(), on_step=True)
-            self.log(f"train/lambda_{k}", lam[k], on_step=True)
-        self.log("train/loss", total.detach(), prog_bar=True)
-        self.log("train/psnr", L.psnr(final.detach(), batch["real"]), prog_bar=True)
-        self.log("train/psnr_torso", L.psnr(torso_img.detach(), batch["bg"]))
-        self.log("train/torso_evaluated", torso["mask"].float().mean())
+        if self.logs_this_step():
+            for k, v in terms.items():
+                self.log(f"train/loss_{k}", v.detach(), on_step=True)
+                self.log(f"train/lambda_{k}", lam[k], on_step=True)
+            self.log("train/loss", total.detach(), prog_bar=self.prog_bar())
+            self.log("train/psnr", L.psnr(final.detach(), batch["real"]), prog_bar=self.prog_bar())
+            self.log("train/psnr_torso", L.psnr(torso_img.detach(), batch["bg"]))
+            self.log("train/torso_evaluated", torso["mask"].float().mean())
         return self.guard_loss(total)
 
     # --- validation -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ class FrameCodes(nn.Module):
     """A table of per-frame latent codes with capacity `max_frames`, init N(0, init_std^2).
 
     `num_train` (a buffer, so checkpoints carry it) is set once from the dataset; forward(frame [B]) -> [B, dim]
-    applies `per_frame_code`.
+    applies `per_frame_code` with a host copy of it (reading the buffer would wait for the GPU on every call).
     """
 
     def __init__(self, max_frames: int = 20000, dim: int = 4, init_std: float = 0.1):
@@ -35,6 +35,7 @@ class FrameCodes(nn.Module):
         self.dim = dim
         self.table = nn.Parameter(torch.randn(max_frames, dim) * init_std)
         self.register_buffer("num_train", torch.zeros((), dtype=torch.long))
+        self._num_train: int | None = None
 
     def set_num_train(self, n: int) -> None:
         if n > self.table.shape[0]:
@@ -43,6 +44,13 @@ class FrameCodes(nn.Module):
         if int(self.num_train) not in (0, n):
             raise ValueError(f"per-frame codes were trained on {int(self.num_train)} frames, the dataset has {n}")
         self.num_train.fill_(n)
+        self._num_train = int(n)
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        return per_frame_code(self.table, frame, self.num_train)
+        if self._num_train is None:  # first use, or after load_state_dict: read the buffer once
+            self._num_train = int(self.num_train)
+        return per_frame_code(self.table, frame, self._num_train)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._num_train = None
+        super()._load_from_state_dict(*args, **kwargs)
