@@ -32,7 +32,8 @@ def photometric(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> 
 def alpha_entropy(weights_sum: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Mean binary entropy (bits) of each ray's opacity: pushes alpha towards 0 or 1. weights_sum: [N] in [0, 1]."""
     a = weights_sum.float().clamp(eps, 1.0 - eps)
-    return (-(a * torch.log2(a) + (1.0 - a) * torch.log2(1.0 - a))).mean()
+    b = 1.0 - a
+    return (-(a * torch.log2(a) + b * torch.log2(b))).mean()
 
 
 def alpha_mask_loss(weights_sum: torch.Tensor, head_mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 
 import numpy as np
@@ -50,6 +51,14 @@ def pixel_centers(H: int, W: int, device=None, dtype=torch.float32) -> tuple[tor
     return u, v
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_rows(H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_centers` flattened to [1, H*W] each, kept per (size, device): every training step asks for the same
+    grid (read-only; callers must not write into it)."""
+    u, v = pixel_centers(H, W, device=device)
+    return u.reshape(1, -1), v.reshape(1, -1)
+
+
 def full_precision(device: torch.device | str):
     """A context that turns autocast off on `device` (float32 geometry inside bf16/fp16 autocast regions)."""
     kind = torch.device(device).type
@@ -72,9 +81,9 @@ def _get_rays(c2w: torch.Tensor, K: torch.Tensor, H: int, W: int) -> tuple[torch
     K = K.float().to(c2w.device)
     if K.dim() == 2:
         K = K.expand(c2w.shape[0], 3, 3)
-    u, v = pixel_centers(H, W, device=c2w.device)
-    x = (u.reshape(1, -1) - K[:, 0, 2:3]) / K[:, 0, 0:1]
-    y = (v.reshape(1, -1) - K[:, 1, 2:3]) / K[:, 1, 1:2]
+    u, v = _pixel_rows(int(H), int(W), c2w.device)
+    x = (u - K[:, 0, 2:3]) / K[:, 0, 0:1]
+    y = (v - K[:, 1, 2:3]) / K[:, 1, 1:2]
     dirs_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [B, HW, 3]
     rays_d = dirs_cam @ c2w[:, :3, :3].transpose(1, 2)
     rays_d = rays_d / rays_d.norm(dim=-1, keepdim=True)
