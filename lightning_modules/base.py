@@ -54,10 +54,11 @@ class TalkFieldModule(LightningModule):
     # --- per-step logging -----------------------------------------------------------------------------------
     def logs_this_step(self) -> bool:
         """Whether the loggers write this training step's on-step values. Lightning writes them every
-        `trainer.log_every_n_steps` optimizer steps (and on the step a stop is requested); a stage computes and
-        `self.log`s its per-step terms only then: each `self.log` costs ~0.5 ms of host time and a few small
-        device ops, which the other steps would pay for values no logger ever sees. (A callback that monitors a
-        `train/` value between those steps sees the last written one.)"""
+        `trainer.log_every_n_steps` optimizer steps (and on a step that ends with a stop request); a stage computes
+        and `self.log`s its per-step terms only then: each `self.log` costs ~0.5 ms of host time and a few small
+        device ops, which the other steps would pay for values no logger ever sees. Between those steps a callback
+        that monitors a `train/` value sees the last logged one, and so does the logger when a callback requests the
+        stop after training_step ran (e.g. a wall-time budget)."""
         trainer = self._trainer
         if trainer is None or trainer.fast_dev_run:
             return True
