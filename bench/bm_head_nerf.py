@@ -103,23 +103,39 @@ def prepare(out_dir: str) -> Path:
     return out
 
 
-def timed_run(overrides: list[str], out: Path, minutes: float, val_keys=None):
-    """Train the configured stage in out/run with a BenchCallback stopping it `minutes` after the first step.
-    Returns (cfg, final metrics, the callback's state: curve, marks, iterations_per_s, steps)."""
+def head_overrides(data_dir: str, subject: str, *extra: str) -> list[str]:
+    """The head-stage overrides of the GPU benchmarks and diagnostics: csv logging, no perceptual network (not on
+    the GPU machine), no val video (no PyAV there), no progress bar or top-k checkpoints; then `extra`."""
+    return ["experiment=head_nerf", f"subject.name={subject}", "subject.synthetic=null",
+            f"paths.data_dir={Path(data_dir).resolve()}", "logger=csv", "model.perceptual.enabled=false",
+            "model.val_video=false", "trainer.max_steps=1000000", "trainer.val_check_interval=500",
+            "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.save_top_k=0", *extra]
+
+
+def run_with_callbacks(overrides: list[str], out: Path, callbacks: dict[str, dict]):
+    """Train the configured stage in out/run with extra callbacks (name -> Hydra `_target_` config) added to the
+    config's; returns (cfg, final metrics)."""
     from omegaconf import open_dict
 
     from talkfield.training import run
     from tests.helpers import compose_train
 
     cfg = compose_train(overrides, out)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+        for name, cb in callbacks.items():
+            cfg.callbacks[name] = cb
+    return cfg, run(cfg, overrides=overrides)
+
+
+def timed_run(overrides: list[str], out: Path, minutes: float, val_keys=None):
+    """Train the configured stage in out/run with a BenchCallback stopping it `minutes` after the first step.
+    Returns (cfg, final metrics, the callback's state: curve, marks, iterations_per_s, steps)."""
     state_path = out / "bench_state.json"
     bench = {"_target_": "bm_head_nerf.BenchCallback", "budget_s": minutes * 60.0, "out_json": str(state_path)}
     if val_keys is not None:
         bench["val_keys"] = list(val_keys)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.bench = bench
-    metrics = run(cfg, overrides=overrides)
+    cfg, metrics = run_with_callbacks(overrides, out, {"bench": bench})
     return cfg, metrics, json.loads(state_path.read_text())
 
 
@@ -133,10 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     out = prepare(args.out)
     from talkfield.training import device_name
-    overrides = ["experiment=head_nerf", f"subject.name={args.subject}", "subject.synthetic=null",
-                 f"paths.data_dir={Path(args.data_dir).resolve()}", "logger=csv", "model.perceptual.enabled=false",
-                 "model.val_video=false", "trainer.max_steps=1000000", "trainer.val_check_interval=500",
-                 "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.save_top_k=0", *args.overrides]
+    overrides = head_overrides(args.data_dir, args.subject, *args.overrides)
     cfg, metrics, state = timed_run(overrides, out, args.minutes)
     its = state["iterations_per_s"]
     rays = int(cfg.data.render_size) ** 2

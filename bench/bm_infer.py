@@ -295,8 +295,7 @@ def main() -> None:
     knobs = Knobs(batch_frames=args.batch_frames, bf16=not args.no_bf16, lookahead=args.lookahead)
     rs = render_settings(pipe)
     prec = "bf16" if knobs.bf16 and pipe.device.type == "cuda" else "fp32"
-    R.update(cpu_threads=args.cpu_threads)
-    R.update(subject=args.subject, device=str(pipe.device), checkpoints=pipe.checkpoints,
+    R.update(cpu_threads=args.cpu_threads, subject=args.subject, device=str(pipe.device), checkpoints=pipe.checkpoints,
              render_size=pipe.renderer.size, out_size=pipe.renderer.out_size, torso=pipe.torso is not None,
              a2m_features=pipe.a2m.features, a2m_mel_norm=getattr(pipe.a2m.network, "mel_norm", None),
              knobs=dict(vars(knobs)), precision=prec, renderer=rs)
@@ -378,7 +377,8 @@ def main() -> None:
             for q in ("p50", "p95"):
                 res.row(f"streaming latency {q}, last sample of a 40 ms chunk -> its frame, {args.stream_seconds:g} s "
                         f"real-time stream, look-ahead {st.lookahead_frames} frames ({st.lookahead_frames * 40} ms) "
-                        f"included, {what}, CPU pools {args.cpu_threads or 'all'} threads", f"{R['stream'][q + '_ms']:.0f}", "ms")
+                        f"included, {what}, CPU pools {args.cpu_threads or 'all'} threads",
+                        f"{R['stream'][q + '_ms']:.0f}", "ms")
 
         stream_cost = args.stream_seconds * max(1.0, 1.3 * 25 / fps) + 5
         if not args.skip_stream and fits("streaming", stream_cost, args.deadline_s):

@@ -82,23 +82,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from omegaconf import open_dict
-
-    from bm_head_nerf import prepare
-    from talkfield.training import run
-    from tests.helpers import compose_train
+    from bm_head_nerf import head_overrides, prepare, run_with_callbacks
 
     out = prepare(args.out)
-    overrides = ["experiment=head_nerf", f"subject.name={args.subject}", "subject.synthetic=null",
-                 f"paths.data_dir={Path(args.data_dir).resolve()}", "logger=csv", "model.perceptual.enabled=false",
-                 "model.val_video=false", "trainer.max_steps=1000000", "trainer.val_check_interval=100000",
-                 "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.save_top_k=0", *args.overrides]
-    cfg = compose_train(overrides, out)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.step_profiler = {"_target_": "diag_head_step.StepProfiler", "start": args.start,
-                                       "steps": args.steps, "out_json": str(out / "head_step_profile.json")}
-    run(cfg, overrides=overrides)
+    profiler = {"_target_": "diag_head_step.StepProfiler", "start": args.start, "steps": args.steps,
+                "out_json": str(out / "head_step_profile.json")}
+    run_with_callbacks(head_overrides(args.data_dir, args.subject, "trainer.val_check_interval=100000",
+                                      *args.overrides), out, {"step_profiler": profiler})
 
 
 if __name__ == "__main__":

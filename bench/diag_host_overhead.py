@@ -222,11 +222,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from omegaconf import open_dict
-
-    from talkfield.training import run
+    from bm_head_nerf import run_with_callbacks
     from tests.fixtures.stages import HEAD_TINY
-    from tests.helpers import compose_train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
@@ -239,15 +236,10 @@ def main() -> None:
                  "trainer.val_check_interval=100000", "validate_at_end=false", "trainer.enable_progress_bar=false",
                  "callbacks.model_checkpoint.save_top_k=0", "trainer.log_every_n_steps=10",
                  "+model.optimizer.foreach=true", *args.overrides]
-    cfg = compose_train(overrides, out)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-        cfg.callbacks.host_overhead = {
-            "_target_": "diag_host_overhead.HostOverhead", "warmup": args.warmup, "steps": args.steps,
+    host = {"_target_": "diag_host_overhead.HostOverhead", "warmup": args.warmup, "steps": args.steps,
             "profile_steps": args.profile_steps, "cprofile_steps": args.cprofile_steps,
-            "by_line_steps": args.by_line_steps, "out_json": str(out / "host_overhead.json"),
-            "parents": args.parents}
-    run(cfg, overrides=overrides)
+            "by_line_steps": args.by_line_steps, "out_json": str(out / "host_overhead.json"), "parents": args.parents}
+    run_with_callbacks(overrides, out, {"host_overhead": host})
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def composite_rays(
 def render_inference(
     field_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]], rays_o: Tensor, rays_d: Tensor, grid, *,
     dt: float, max_steps: int, T_thresh: float = 1e-2, min_near: float = 0.05, max_step_per_pass: int = 8,
-    min_samples_per_pass: int = 0, ray_index: bool = False, stats: Optional[dict] = None,
+    ray_index: bool = False, stats: Optional[dict] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Render rays at inference with the march/composite loop (only alive rays are marched each pass).
 
@@ -321,12 +321,8 @@ def render_inference(
             the ray each sample belongs to (e.g. to pick a per-image condition when the rays of several images
             are rendered together). rays_o, rays_d: [N, 3]. grid: :class:`OccupancyGrid`.
         dt, max_steps: as for :func:`march_rays_train`. T_thresh: stop a ray when T < T_thresh.
-        max_step_per_pass: samples per alive ray per pass are clamp(max(N, min_samples_per_pass) / A, 1, this).
-        min_samples_per_pass: sample budget floor per pass. Each pass costs a fixed number of kernel launches and
-            host syncs, so with few rays (one 256 px frame: ~13 passes at the default budget of N) a larger budget
-            takes fewer, fuller passes; the samples and the stopping rule, hence the image, do not change.
-        stats: if given, ``stats["samples"]`` is set to the sample slots evaluated (padding included) and
-            ``stats["passes"]`` to the number of passes.
+        max_step_per_pass: samples per alive ray per pass are clamp(N / A, 1, this).
+        stats: if given, ``stats["samples"]`` is set to the sample slots evaluated (padding included).
     Returns:
         weights_sum [N], depth [N], image [N, 3] (no background; add ``(1 - weights_sum) * bg``).
     """
@@ -342,7 +338,7 @@ def render_inference(
     passes = evaluated = 0
     while alive.numel() > 0 and passes <= max_steps:  # every pass samples or retires each alive ray
         a = alive.numel()
-        n_step = int(max(1, min(max_step_per_pass, max(n, min_samples_per_pass) // a)))
+        n_step = int(max(1, min(max_step_per_pass, n // a)))
         xyzs, dirs, deltas = march_rays(rays_o, rays_d, rays_t, rays_n, fars, alive, grid.bitfield, grid.aabb,
                                         resolution=grid.resolution, dt=dt, n_step=n_step, max_steps=max_steps)
         args = (xyzs.reshape(-1, 3), dirs.reshape(-1, 3))
@@ -355,7 +351,7 @@ def render_inference(
         evaluated += a * n_step
         passes += 1
     if stats is not None:
-        stats["samples"], stats["passes"] = evaluated, passes
+        stats["samples"] = evaluated
     return weights_sum, depth, image
 
 

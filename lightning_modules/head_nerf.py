@@ -18,7 +18,7 @@ from lightning_modules.base import TalkFieldModule
 from networks import losses as L
 from networks.nerf import HeadField, SuperResolution, VolumeRenderer
 from talkfield.camera import get_rays
-from talkfield.motion import EPS
+from talkfield.motion import zscore
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,8 @@ class HeadNeRFModule(TalkFieldModule):
     def condition(self, motion: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
         """Raw canonical offsets motion [B, W, 204] (or [B, W, 68, 3]) and eye openness [B, W] -> cond [B, C].
         Offsets are z-scored with the subject's statistics stored in this checkpoint."""
-        # talkfield.motion.zscore with the statistics where they live: a host copy of the buffer (zscore converts
-        # through numpy) or a host-to-device copy of it would wait for all queued GPU work, on every call
-        mean, std = self.motion_stats[0], self.motion_stats[1].clamp_min(EPS)
-        m = motion.float()
-        z = (m.reshape(*m.shape[:-2], 204) if tuple(m.shape[-2:]) == (68, 3) else m) - mean
-        return self.field.encode_condition(z / std, eye.float())[0]
+        # the statistics stay where the buffer lives (a host copy would wait for all queued GPU work on every call)
+        return self.field.encode_condition(zscore(motion.float(), self.motion_stats), eye.float())[0]
 
     def _field_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor, code: torch.Tensor):
         sigma, rgb, ambient = self.field(xyzs, dirs, cond, code)
@@ -153,11 +149,8 @@ class HeadNeRFModule(TalkFieldModule):
         |ambient|)."""
         def fn(xyzs, dirs, image):
             if cond.shape[0] == 1:
-                c, k = cond, code
-            else:
-                c, k = cond[image], code[image]
-            sigma, rgb, ambient = self.field(xyzs, dirs, c, k)
-            return sigma, rgb, ambient.float().abs().sum(-1)
+                return self._field_call(xyzs, dirs, cond, code)
+            return self._field_call(xyzs, dirs, cond[image], code[image])
         return fn
 
     @torch.no_grad()

@@ -136,6 +136,7 @@ class TorsoNeRFModule(TalkFieldModule):
         self.register_buffer("pose_stats", torch.stack([torch.zeros(POSE_DIM), torch.ones(POSE_DIM)]))
         self.register_buffer("plate", torch.zeros(self.render_size, self.render_size, 3), persistent=False)
         self._head_cache: dict[int, torch.Tensor] = {}
+        self._pixels_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # eval mode only
         self._val_frames: list[np.ndarray] = []
 
     # --- frozen head ----------------------------------------------------------------------------------------------
@@ -229,15 +230,14 @@ class TorsoNeRFModule(TalkFieldModule):
 
     def _pixels(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel coordinates [size*size, 2], indices [n] of the pixels the occupancy grid lets through)."""
-        cache = self.__dict__.setdefault("_pixels_cache", {})
         key = (int(size), str(self.device))
-        if self.training or key not in cache:
+        if self.training or key not in self._pixels_cache:
             xy = pixel_coords(size, self.device)
             idx = self.occupancy.mask(xy).nonzero()[:, 0]
             if self.training:
                 return xy, idx
-            cache[key] = (xy, idx)
-        return cache[key]
+            self._pixels_cache[key] = (xy, idx)
+        return self._pixels_cache[key]
 
     @staticmethod
     def composite(head: torch.Tensor, torso: dict[str, torch.Tensor],

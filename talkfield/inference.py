@@ -257,10 +257,12 @@ class ChunkFeed:
         if self._ended:
             return None
         out: list[tuple[np.ndarray, float]] = []
-        while not out:
-            try:
-                item = self._q.get(timeout=0.05)
+        while len(out) < max_n:
+            try:  # block for the first chunk only; then take what is already waiting
+                item = self._q.get_nowait() if out else self._q.get(timeout=0.05)
             except queue.Empty:
+                if out:
+                    break
                 if cancel is not None and cancel.is_set():
                     return []
                 continue
@@ -268,18 +270,7 @@ class ChunkFeed:
                 self._ended = True
                 if item[1] is not None:
                     raise item[1]
-                return None
-            out.append(item)
-        while len(out) < max_n:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item[0] is self._END:
-                self._ended = True
-                if item[1] is not None:
-                    raise item[1]
-                break
+                return out or None
             out.append(item)
         return out
 

@@ -141,14 +141,17 @@ def motion_stats(off: np.ndarray) -> np.ndarray:
 def zscore(off, stats):
     """Normalise offsets [...,68,3] (or [...,204]) with stats [4,204]: (x - mean) / max(std, 1e-6).
 
-    Returns the same leading shape as flattened [...,204]. numpy or torch (stats converted to match)."""
+    Returns the same leading shape as flattened [...,204]. numpy or torch (stats converted to match; torch stats
+    are used where they are, so statistics already on the offsets' device cost no host round trip)."""
     mean, std = stats[0], stats[1]
     try:
         import torch
 
         if isinstance(off, torch.Tensor):
-            mean = torch.as_tensor(np.asarray(mean), dtype=off.dtype, device=off.device)
-            std = torch.as_tensor(np.asarray(std), dtype=off.dtype, device=off.device).clamp_min(EPS)
+            if not isinstance(stats, torch.Tensor):
+                mean, std = np.asarray(mean), np.asarray(std)
+            mean = torch.as_tensor(mean, dtype=off.dtype, device=off.device)
+            std = torch.as_tensor(std, dtype=off.dtype, device=off.device).clamp_min(EPS)
             if off.dim() >= 2 and tuple(off.shape[-2:]) == (68, 3):
                 off = off.reshape(*off.shape[:-2], 204)
             return (off - mean) / std

@@ -1,18 +1,15 @@
 """CPU thread caps for the latency-bound paths (streaming inference).
 
 Inference runs small CPU pieces per 40 ms chunk (log-mel, f0, the LLE projection, small torch ops) next to the GPU
-render. With one thread pool per library sized to every core (16 on the H100 box), each small call wakes and spins
-all of them: on the H100 a streaming step's motion part took 59-71 ms with the defaults and 32 ms with OpenMP /
-OpenBLAS / MKL capped at 4 threads, and the latency p95 fell from 548-578 ms to 485 ms
-(`python bench/diag_stream.py`, bench/notes in docs/inference.md).
+render. With one thread pool per library sized to every core (16 on the H100 box), each small call wakes all of
+them. Measured on one H100 machine (docs/inference.md, "Benchmark"): the motion part of a streaming step took 59-71
+ms with one thread per core and 32 ms capped at 4 (`bench/diag_stream.py`, 12 s streams); `bench/bm_infer.py` gave
+streaming p95 608 -> 542 ms and 82.1 -> 91.2 frames/s for a 60 s file.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 _VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -27,14 +24,10 @@ def cap_cpu_threads(n: int | None) -> int | None:
     n = int(n)
     for var in _VARS:
         os.environ.setdefault(var, str(n))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=n)  # applied now, kept (not used as a context manager)
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (a librosa dependency)
-        log.debug("threadpoolctl missing: only the environment defaults cap the BLAS pools")
     import torch
+    from threadpoolctl import threadpool_limits
 
+    threadpool_limits(limits=n)  # applied now and kept (not used as a context manager)
     if torch.get_num_threads() > n:
         torch.set_num_threads(n)
     return n

@@ -84,8 +84,7 @@ class VolumeRenderer(nn.Module):
 
     @torch.no_grad()
     def render_frames(self, field_fn: FramesFieldFn, rays_o: torch.Tensor, rays_d: torch.Tensor,
-                      bg: torch.Tensor | None = None, max_step_per_pass: int = 8,
-                      min_samples_per_pass: int = 0) -> dict[str, torch.Tensor]:
+                      bg: torch.Tensor | None = None, max_step_per_pass: int = 8) -> dict[str, torch.Tensor]:
         """Render B images at once without gradients (inference): rays_o, rays_d [B, P, 3] (P rays per image), bg
         [B, P, 3] or None (black).
 
@@ -95,12 +94,8 @@ class VolumeRenderer(nn.Module):
         dirs [K, 3], image [K] int64 in [0, B)) evaluates each sample with its own image's condition. A ray stops
         after the sample that brings its transmittance below `T_thresh` or after `max_steps` samples: the same
         samples and the same stopping rule as `render` (equal up to float rounding); behind an opaque surface at
-        most the rest of one pass is evaluated. Each pass has a sample budget of max(B * P, min_samples_per_pass)
-        spread over the alive rays (at most max_step_per_pass each): a floor above one frame's rays takes ~5 fuller
-        passes instead of ~13. Off by default: on the H100 a floor of 2^20 did not help (60 s file 101.1 vs 106.5
-        frames/s, streaming p95 534 vs 538 ms; the render is bound by its GPU work, not by the passes). Returns image [B, P, 3] (over bg),
-        rgb [B, P, 3] (premultiplied), weights_sum [B, P] (alpha), depth [B, P], num_samples (int: sample slots
-        evaluated, padding included), passes (int).
+        most the rest of one pass is evaluated. Returns image [B, P, 3] (over bg), rgb [B, P, 3] (premultiplied),
+        weights_sum [B, P] (alpha), depth [B, P], num_samples (int: sample slots evaluated, padding included).
         """
         B, P = rays_o.shape[:2]
         o = rays_o.reshape(-1, 3).float().contiguous()
@@ -114,12 +109,11 @@ class VolumeRenderer(nn.Module):
         with cuda_ext.backend(self.backend):
             ws, depth, rgb = cuda_ext.render_inference(fn, o, d, self.grid, dt=self.dt, max_steps=self.max_steps,
                                                        T_thresh=self.T_thresh, min_near=self.min_near,
-                                                       max_step_per_pass=int(max_step_per_pass),
-                                                       min_samples_per_pass=int(min_samples_per_pass),
-                                                       ray_index=True, stats=stats)
+                                                       max_step_per_pass=int(max_step_per_pass), ray_index=True,
+                                                       stats=stats)
         evaluated = stats["samples"]
         ws, depth, rgb = ws.reshape(B, P), depth.reshape(B, P), rgb.reshape(B, P, 3)
-        out = {"rgb": rgb, "weights_sum": ws, "depth": depth, "num_samples": evaluated, "passes": stats["passes"]}
+        out = {"rgb": rgb, "weights_sum": ws, "depth": depth, "num_samples": evaluated}
         out["image"] = rgb + (1.0 - ws)[..., None] * bg.float() if bg is not None else rgb
         return out
 
