@@ -213,6 +213,17 @@ def bench_b():
             y.backward(gy)
         return step
 
+    # schedules: all levels in one launch (TALKFIELD_GRID_GROUP_MB=0, the kernels before level groups) or level groups
+    # of at most N MB of table (default 16), x the backward kernels; the figure rows below use the defaults
+    for mb in ("0", "8", "16", "32"):
+        os.environ["TALKFIELD_GRID_GROUP_MB"] = mb
+        record(f"b_ours_fwd_groups{mb}mb", timeit(fwd))
+        for kernel in ("agg", "lane", "lanepair"):
+            os.environ["TALKFIELD_GRID_BWD"] = kernel
+            record(f"b_ours_fwd_bwd_groups{mb}mb_{kernel}", timeit(fwd_bwd(x)))
+    del os.environ["TALKFIELD_GRID_GROUP_MB"]
+    os.environ["TALKFIELD_GRID_BWD"] = "lanepair"
+    record("b_ours_fwd_bwd_with_input_grad_lanepair_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
     record("b_ours_fwd", timeit(fwd))
     os.environ["TALKFIELD_GRID_BWD"] = "lane"
     record("b_ours_fwd_bwd_lane_kernel", timeit(fwd_bwd(x)))

@@ -8,6 +8,7 @@
 #       .carry/gpu/site   stlpips_pytorch without its vgg weights (the shift-tolerant LPIPS, alex)
 #       .carry/gpu/data   data/katie without debug.mp4
 #     bash bench/gpu_session.sh head       # install, head benchmark (10 min, alone on the GPU) + A2M training after it
+#     bash bench/gpu_session.sh setup      # install only (then e.g. `screen`)
 #   phase 2, carry [".carry/av"] (the PyAV wheel: val videos, mp4 output):
 #     bash bench/gpu_session.sh torso      # wait for the head, export it, torso benchmark (started detached)
 #   phase 3, no carry needed:
@@ -31,7 +32,7 @@ wait_for() {  # wait_for <file> <pattern of the process> <max seconds>
 }
 
 case "${1:-head}" in
-head)
+setup|head)
   mkdir -p $TF/site $TF/data
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $TF/site .carry/gpu/whl/*.whl \
     >"$TF/install.log" 2>&1 || { cat "$TF/install.log"; exit 1; }
@@ -40,6 +41,7 @@ head)
   python3 -c "import torch, cuda_ext._backend as b; b.load(); print('torch', torch.__version__, '| cuda_ext from', b.loaded_from())" 2>&1 | tail -2
   python3 -c "from networks.perceptual import build_perceptual as b; print('perceptual:', b('alex', 'auto')[1])" 2>&1 | tail -1
   echo "setup: $(elapsed) s"
+  [ "$1" = setup ] && exit 0
   # the head benchmark alone on the GPU (the A2M model trains later, after the torso, in phase torso)
   setsid nohup bash -c "python3 bench/bm_head_nerf.py --data-dir $TF/data --subject katie --minutes $HEAD_MIN \
       --out $TF/head trainer.val_check_interval=1000 trainer.log_every_n_steps=50 ${HEAD_ARGS:-} >$TF/head.log 2>&1" \

@@ -1,12 +1,17 @@
 // Multi-resolution grid encoder: forward, and backward to the embeddings and to the input coordinates.
 //
-// One thread per (point, level); the level is the fastest index, so a warp covers 32/L points x L levels, its
+// One thread per (point, level); the level is the fastest index, so a warp covers 32/Lg points x Lg levels, its
 // output writes and gradient reads are contiguous, and the input gradient of a point is a shuffle reduction
-// over the L lanes that hold its levels (when L divides 32; otherwise an atomic add).
-// Level metadata (table offsets, resolutions, scales, hash flags) travels by value in the kernel parameters.
+// over the Lg lanes that hold its levels (when Lg divides 32; otherwise an atomic add).
+// Large tables are processed a group of levels at a time (one launch per group, Lg levels each): every block in
+// flight then gathers from / scatters into the same few levels, whose rows stay in L2, instead of all L levels'
+// tables at once (2^19 entries x 16 levels x 8 B = 64 MB, more than the H100's 50 MB L2).
+// Level metadata (table offsets, resolutions, scales, hash flags, the group) travels by value in the kernel
+// parameters.
 
 #include "common.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -17,7 +22,8 @@ namespace {
 constexpr int kMaxLevels = 32;
 
 struct Levels {
-  int L;
+  int L;       // all levels: the output row holds L x C values
+  int l0, Lg;  // the group this launch processes: levels l0 .. l0 + Lg - 1
   uint32_t hashed;  // bit l set: level l uses the XOR-prime hash
   uint32_t offset[kMaxLevels + 1];
   uint32_t res[kMaxLevels];
@@ -94,9 +100,9 @@ template <typename pos_t, typename emb_t, int D, int C>
 __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __restrict__ emb, int64_t B,
                                 const Levels lv, pos_t bound, pos_t inv2b, pos_t* __restrict__ out) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  const int L = lv.L;
-  const int64_t b = tid / L;
-  const int l = (int)(tid - b * L);
+  const int L = lv.L, Lg = lv.Lg;
+  const int64_t b = tid / Lg;
+  const int l = lv.l0 + (int)(tid - b * Lg);
   if (b >= B) return;
   pos_t* o = out + (b * L + l) * C;
   uint32_t pg[D];
@@ -152,15 +158,38 @@ __device__ inline void atomic_add_vec(acc_t* dst, const acc_t (&g)[C], acc_t w) 
 #endif
 }
 
+// One 16-byte atomic for an x-neighbour corner pair whose two rows share an aligned 16-byte block (rows a and b with
+// a ^ 1 == b: half of the pairs on dense levels, and on hashed levels every pair whose lower x is even, since the
+// hash's x prime is 1); otherwise one 8-byte atomic per row. Returns false where the GPU or the types lack them.
+template <typename acc_t, int C>
+__device__ inline bool atomic_add_pair(acc_t* gtable, uint32_t ia, uint32_t ib, const acc_t (&g)[C], acc_t wa,
+                                       acc_t wb) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same<acc_t, float>::value && C == 2) {
+    if ((ia ^ 1u) == ib) {
+      const uint32_t lo = ia < ib ? ia : ib;
+      const acc_t w0 = ia < ib ? wa : wb, w1 = ia < ib ? wb : wa;
+      atomicAdd(reinterpret_cast<float4*>(gtable + (int64_t)lo * 2),
+                make_float4(w0 * g[0], w0 * g[1], w1 * g[0], w1 * g[1]));
+    } else {
+      atomicAdd(reinterpret_cast<float2*>(gtable + (int64_t)ia * 2), make_float2(wa * g[0], wa * g[1]));
+      atomicAdd(reinterpret_cast<float2*>(gtable + (int64_t)ib * 2), make_float2(wb * g[0], wb * g[1]));
+    }
+    return true;
+  }
+#endif
+  return false;
+}
+
 template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
 __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
                                 const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
-                                pos_t inv2b, bool shfl_reduce, bool vec_atomics, acc_t* __restrict__ gemb,
-                                pos_t* __restrict__ gx) {
+                                pos_t inv2b, bool shfl_reduce, bool vec_atomics, bool pair_atomics, bool gx_accum,
+                                acc_t* __restrict__ gemb, pos_t* __restrict__ gx) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  const int L = lv.L;
-  const int64_t b = tid / L;
-  const int l = (int)(tid - b * L);
+  const int L = lv.L, Lg = lv.Lg;
+  const int64_t b = tid / Lg;
+  const int l = lv.l0 + (int)(tid - b * Lg);
   const bool valid = b < B;
   pos_t gxp[D];
 #pragma unroll
@@ -178,6 +207,8 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
       const pos_t* gyp = gy + (b * L + l) * C;
 #pragma unroll
       for (int c = 0; c < C; ++c) g[c] = static_cast<acc_t>(gyp[c]);
+      uint32_t idx_prev = 0;
+      pos_t w_prev = pos_t(0);
 #pragma unroll
       for (int corner = 0; corner < (1 << D); ++corner) {
         pos_t w = pos_t(1);
@@ -189,10 +220,23 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
           cg[d] = pg[d] + (bit ? 1u : 0u);
         }
         const uint32_t idx = grid_index<D>(cg, lv.res[l], size, hashed);
-        if (vec_atomics) {
-          atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
-        } else {
-          atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+        // corners 2k and 2k+1 differ in x only: with pair_atomics their updates go out together at the odd one
+        const bool paired = pair_atomics && (corner & 1) &&
+                            atomic_add_pair<acc_t, C>(gtable, idx_prev, idx, g, static_cast<acc_t>(w_prev),
+                                                      static_cast<acc_t>(w));
+        if (pair_atomics && !(corner & 1)) {  // the even corner waits for its odd partner
+          idx_prev = idx;
+          w_prev = w;
+        } else if (!paired) {
+          if (pair_atomics) {  // types without the 16-byte path: the held even corner, then this one
+            if (vec_atomics) atomic_add_vec<acc_t, C>(gtable + (int64_t)idx_prev * C, g, static_cast<acc_t>(w_prev));
+            else atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx_prev * C, g, static_cast<acc_t>(w_prev));
+          }
+          if (vec_atomics) {
+            atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+          } else {
+            atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx * C, g, static_cast<acc_t>(w));
+          }
         }
         if (gx != nullptr) {
           const Vec<emb_t, C> v = load_row<emb_t, C>(table + idx);
@@ -216,16 +260,16 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
     }
   }
   if (gx == nullptr) return;
-  if (shfl_reduce) {  // L is a power of two <= 32: the L lanes of a point are aligned inside one warp
+  if (shfl_reduce) {  // Lg is a power of two <= 32: the Lg lanes of a point are aligned inside one warp
 #pragma unroll
     for (int d = 0; d < D; ++d) {
       pos_t v = gxp[d];
-      for (int off = L / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      for (int off = Lg / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
       gxp[d] = v;
     }
-    if (valid && l == 0) {
+    if (valid && l == lv.l0) {  // earlier groups' launches wrote their part already (same stream, in order)
 #pragma unroll
-      for (int d = 0; d < D; ++d) gx[b * D + d] = gxp[d];
+      for (int d = 0; d < D; ++d) gx[b * D + d] = gx_accum ? gx[b * D + d] + gxp[d] : gxp[d];
     }
   } else if (valid) {
 #pragma unroll
@@ -233,7 +277,7 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
   }
 }
 
-// Backward, point-major variant: a block is 32 points (threadIdx.x) x L levels (threadIdx.y), so a warp holds one
+// Backward, point-major variant: a block is 32 points (threadIdx.x) x Lg levels (threadIdx.y), so a warp holds one
 // level of 32 consecutive points. Samples marched along rays are spatially coherent, so at coarse levels many
 // lanes update the same table row: __match_any_sync groups them, the group sums its values with shuffles and one
 // leader issues the atomic (instead of up to 32 serialised atomics on one address). grad_output is staged through
@@ -241,18 +285,19 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
 template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
 __global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
                                     const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
-                                    pos_t inv2b, bool vec_atomics, acc_t* __restrict__ gemb,
+                                    pos_t inv2b, bool vec_atomics, bool gx_accum, acc_t* __restrict__ gemb,
                                     pos_t* __restrict__ gx) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int L = lv.L;
-  const int row = L * C;
-  pos_t* s_gy = reinterpret_cast<pos_t*>(smem_raw);  // [32][L*C]
-  pos_t* s_gx = s_gy + 32 * row;                     // [L][32][D]
-  const int lane = threadIdx.x, l = threadIdx.y;
-  const int tid = l * 32 + lane, nthreads = 32 * L;
+  const int Lg = lv.Lg;
+  const int row = lv.L * C, rowg = Lg * C;  // grad_output row; this group's slice of it
+  pos_t* s_gy = reinterpret_cast<pos_t*>(smem_raw);  // [32][Lg*C]
+  pos_t* s_gx = s_gy + 32 * rowg;                    // [Lg][32][D]
+  const int lane = threadIdx.x, lg = threadIdx.y, l = lv.l0 + lg;
+  const int tid = lg * 32 + lane, nthreads = 32 * Lg;
   const int64_t b0 = (int64_t)blockIdx.x * 32;
-  for (int i = tid; i < 32 * row; i += nthreads) {
-    s_gy[i] = (b0 + i / row) < B ? gy[b0 * row + i] : pos_t(0);
+  for (int i = tid; i < 32 * rowg; i += nthreads) {
+    const int p = i / rowg;
+    s_gy[i] = (b0 + p) < B ? gy[(b0 + p) * row + lv.l0 * C + (i - p * rowg)] : pos_t(0);
   }
   __syncthreads();
   const int64_t b = b0 + lane;
@@ -266,7 +311,7 @@ __global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* _
   acc_t* gtable = gemb + (int64_t)lv.offset[l] * C;
   acc_t g[C];
 #pragma unroll
-  for (int c = 0; c < C; ++c) g[c] = active ? static_cast<acc_t>(s_gy[lane * row + l * C + c]) : acc_t(0);
+  for (int c = 0; c < C; ++c) g[c] = active ? static_cast<acc_t>(s_gy[lane * rowg + lg * C + c]) : acc_t(0);
   pos_t gxp[D];
 #pragma unroll
   for (int d = 0; d < D; ++d) gxp[d] = pos_t(0);
@@ -325,14 +370,14 @@ __global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* _
   if (gx == nullptr) return;  // uniform over the block: no barrier is skipped by part of it
   const pos_t dpdx = scale * inv2b;
 #pragma unroll
-  for (int d = 0; d < D; ++d) s_gx[(l * 32 + lane) * D + d] = gxp[d] * dpdx;
+  for (int d = 0; d < D; ++d) s_gx[(lg * 32 + lane) * D + d] = gxp[d] * dpdx;
   __syncthreads();
-  if (l == 0 && b < B) {
+  if (lg == 0 && b < B) {  // earlier groups' launches wrote their part already (same stream, in order)
 #pragma unroll
     for (int d = 0; d < D; ++d) {
       pos_t acc = pos_t(0);
-      for (int ll = 0; ll < L; ++ll) acc += s_gx[(ll * 32 + lane) * D + d];
-      gx[b * D + d] = acc;
+      for (int ll = 0; ll < Lg; ++ll) acc += s_gx[(ll * 32 + lane) * D + d];
+      gx[b * D + d] = gx_accum ? gx[b * D + d] + acc : acc;
     }
   }
 }
@@ -346,6 +391,8 @@ Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_
   TORCH_CHECK(offsets[L] < (int64_t(1) << 32), "grid encoder tables exceed 2^32 entries");
   Levels lv;
   lv.L = L;
+  lv.l0 = 0;
+  lv.Lg = L;
   lv.hashed = 0;
   for (int l = 0; l <= L; ++l) lv.offset[l] = (uint32_t)offsets[l];
   for (int l = 0; l < L; ++l) {
@@ -357,75 +404,121 @@ Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_
   return lv;
 }
 
+// Level groups for one pass: runs of whole chunks of `chunk` levels (chunk x C output values fill one 32-byte
+// sector, so no output sector is written by two launches), a run growing while its tables (`row_bytes` per entry)
+// stay within the budget (TALKFIELD_GRID_GROUP_MB, default 16; 0 = all levels in one launch). Small tables, such as
+// the head field's 2^16-entry levels (8 MB in all), stay one launch.
+std::vector<std::pair<int, int>> level_groups(const Levels& lv, int C, size_t out_elem, size_t row_bytes) {
+  const char* env = std::getenv("TALKFIELD_GRID_GROUP_MB");
+  const double budget = (env != nullptr ? std::atof(env) : 16.0) * 1024.0 * 1024.0;
+  std::vector<std::pair<int, int>> groups;
+  if (budget <= 0.0) {
+    groups.emplace_back(0, lv.L);
+    return groups;
+  }
+  const int chunk = std::max(1, std::min(lv.L, (int)(32 / (C * out_elem))));
+  auto bytes = [&](int a, int b) { return double(lv.offset[std::min(b, lv.L)] - lv.offset[a]) * row_bytes; };
+  int l = 0;
+  while (l < lv.L) {
+    const int start = l;
+    l = std::min(l + chunk, lv.L);
+    while (l < lv.L && bytes(start, l + chunk) <= budget) l = std::min(l + chunk, lv.L);
+    groups.emplace_back(start, l - start);
+  }
+  return groups;
+}
+
+Levels with_group(const Levels& lv, const std::pair<int, int>& g) {
+  Levels out = lv;
+  out.l0 = g.first;
+  out.Lg = g.second;
+  return out;
+}
+
 template <typename pos_t, typename emb_t>
 void launch_fwd(const at::Tensor& x, const at::Tensor& emb, const Levels& lv, double bound, int D, int C,
                 at::Tensor& out) {
+  TORCH_CHECK((D == 2 || D == 3) && (C == 1 || C == 2 || C == 4),
+              "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
   const int64_t B = x.size(0);
-  const int64_t threads = B * lv.L;
   auto stream = at::cuda::getCurrentCUDAStream();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   pos_t* op = out.data_ptr<pos_t>();
-#define TF_FWD(D_, C_) \
-  grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lv, (pos_t)bound, \
+  for (const auto& grp : level_groups(lv, C, sizeof(pos_t), sizeof(emb_t) * C)) {
+    const Levels lg = with_group(lv, grp);
+    const int64_t threads = B * lg.Lg;
+#define TF_FWD(D_, C_)                                                                                     \
+  grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lg, (pos_t)bound, \
                                                                                    (pos_t)(0.5 / bound), op)
-  if (D == 2 && C == 1) TF_FWD(2, 1);
-  else if (D == 2 && C == 2) TF_FWD(2, 2);
-  else if (D == 2 && C == 4) TF_FWD(2, 4);
-  else if (D == 3 && C == 1) TF_FWD(3, 1);
-  else if (D == 3 && C == 2) TF_FWD(3, 2);
-  else if (D == 3 && C == 4) TF_FWD(3, 4);
-  else TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
+    if (D == 2 && C == 1) TF_FWD(2, 1);
+    else if (D == 2 && C == 2) TF_FWD(2, 2);
+    else if (D == 2 && C == 4) TF_FWD(2, 4);
+    else if (D == 3 && C == 1) TF_FWD(3, 1);
+    else if (D == 3 && C == 2) TF_FWD(3, 2);
+    else TF_FWD(3, 4);
 #undef TF_FWD
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 template <typename pos_t, typename emb_t, typename acc_t>
 void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb, const Levels& lv, double bound, int D,
                 int C, at::Tensor& gemb, pos_t* gx) {
+  TORCH_CHECK((D == 2 || D == 3) && (C == 1 || C == 2 || C == 4),
+              "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
   const int64_t B = x.size(0);
   auto stream = at::cuda::getCurrentCUDAStream();
   // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
   const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
   const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
-  // TALKFIELD_GRID_BWD=lane selects the level-fastest kernel, anything else the point-major aggregating one
+  // TALKFIELD_GRID_BWD: lane = the level-fastest kernel, lanepair = the same with one 16-byte atomic per aligned
+  // x-neighbour row pair; anything else the point-major aggregating kernel
   const char* variant = std::getenv("TALKFIELD_GRID_BWD");
-  const size_t smem = sizeof(pos_t) * 32 * lv.L * (C + D);
-  const bool agg = !(variant != nullptr && std::strcmp(variant, "lane") == 0) && smem <= 48 * 1024;
+  const bool pair = variant != nullptr && std::strcmp(variant, "lanepair") == 0;
+  const bool lane = pair || (variant != nullptr && std::strcmp(variant, "lane") == 0);
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   acc_t* ap = gemb.data_ptr<acc_t>();
   const pos_t pb = (pos_t)bound, inv = (pos_t)(0.5 / bound);
-  const bool shfl = (32 % lv.L) == 0;
-  const int64_t threads = B * lv.L;
-  const dim3 agg_block(32, lv.L);
-  const int agg_grid = static_cast<int>((B + 31) / 32);
-#define TF_BWD(D_, C_)                                                                                          \
-  if (agg) {                                                                                                    \
-    grid_bwd_agg_kernel<pos_t, emb_t, acc_t, D_, C_><<<agg_grid, agg_block, smem, stream>>>(gp, xp, ep, B, lv, pb, \
-                                                                                        inv, vec, ap, gx);     \
-  } else {                                                                                                      \
-    grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(                 \
-        gp, xp, ep, B, lv, pb, inv, shfl, vec, ap, gx);                                                         \
+  // a group's working set: its gradient rows, plus its embedding rows when d/dx reads them
+  const size_t row_bytes = sizeof(acc_t) * C + (gx != nullptr ? sizeof(emb_t) * C : 0);
+  bool first = true;
+  for (const auto& grp : level_groups(lv, C, sizeof(pos_t), row_bytes)) {
+    const Levels lg = with_group(lv, grp);
+    const bool accum = !first;
+    first = false;
+    const size_t smem = sizeof(pos_t) * 32 * lg.Lg * (C + D);
+    const bool agg = !lane && smem <= 48 * 1024;
+    const bool shfl = (32 % lg.Lg) == 0;
+    const int64_t threads = B * lg.Lg;
+    const dim3 agg_block(32, lg.Lg);
+    const int agg_grid = static_cast<int>((B + 31) / 32);
+#define TF_BWD(D_, C_)                                                                                           \
+  if (agg) {                                                                                                     \
+    grid_bwd_agg_kernel<pos_t, emb_t, acc_t, D_, C_><<<agg_grid, agg_block, smem, stream>>>(gp, xp, ep, B, lg, pb, \
+                                                                                        inv, vec, accum, ap, gx); \
+  } else {                                                                                                       \
+    grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(                  \
+        gp, xp, ep, B, lg, pb, inv, shfl, vec, pair, accum, ap, gx);                                             \
   }
-  if (D == 2 && C == 1) {
-    TF_BWD(2, 1)
-  } else if (D == 2 && C == 2) {
-    TF_BWD(2, 2)
-  } else if (D == 2 && C == 4) {
-    TF_BWD(2, 4)
-  } else if (D == 3 && C == 1) {
-    TF_BWD(3, 1)
-  } else if (D == 3 && C == 2) {
-    TF_BWD(3, 2)
-  } else if (D == 3 && C == 4) {
-    TF_BWD(3, 4)
-  } else {
-    TORCH_CHECK(false, "grid encoder: input_dim must be 2 or 3 and level_dim 1, 2 or 4 (got ", D, ", ", C, ")");
-  }
+    if (D == 2 && C == 1) {
+      TF_BWD(2, 1)
+    } else if (D == 2 && C == 2) {
+      TF_BWD(2, 2)
+    } else if (D == 2 && C == 4) {
+      TF_BWD(2, 4)
+    } else if (D == 3 && C == 1) {
+      TF_BWD(3, 1)
+    } else if (D == 3 && C == 2) {
+      TF_BWD(3, 2)
+    } else {
+      TF_BWD(3, 4)
+    }
 #undef TF_BWD
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 void check_encode_args(const at::Tensor& x, const at::Tensor& emb) {

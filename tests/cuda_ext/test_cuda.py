@@ -176,10 +176,14 @@ def test_inference_cuda_vs_twin_and_vs_training():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(params=["agg", "lane"])
+@pytest.fixture(params=["agg", "lane", "lanepair", "agg/grouped", "lane/grouped", "lanepair/grouped"])
 def bwd_variant(request, monkeypatch):
-    """Both grid-encoder backward kernels: point-major with aggregated atomics, and level-fastest."""
-    monkeypatch.setenv("TALKFIELD_GRID_BWD", request.param)
+    """The grid-encoder backward kernels (point-major with aggregated atomics; level-fastest; level-fastest with
+    16-byte pair atomics), each with all levels in one launch and with the smallest level groups (one launch per
+    sector-sized chunk of levels: the schedule large tables get), forward included."""
+    kernel, _, grouped = request.param.partition("/")
+    monkeypatch.setenv("TALKFIELD_GRID_BWD", kernel)
+    monkeypatch.setenv("TALKFIELD_GRID_GROUP_MB", "1e-9" if grouped else "0")
     return request.param
 
 
