@@ -41,7 +41,7 @@ setup|head)
   python3 -c "import torch, cuda_ext._backend as b; b.load(); print('torch', torch.__version__, '| cuda_ext from', b.loaded_from())" 2>&1 | tail -2
   python3 -c "from networks.perceptual import build_perceptual as b; print('perceptual:', b('alex', 'auto')[1])" 2>&1 | tail -1
   echo "setup: $(elapsed) s"
-  [ "$1" = setup ] && exit 0
+  [ "${1:-head}" = setup ] && exit 0
   # the head benchmark alone on the GPU (the A2M model trains later, after the torso, in phase torso)
   setsid nohup bash -c "python3 bench/bm_head_nerf.py --data-dir $TF/data --subject katie --minutes $HEAD_MIN \
       --out $TF/head trainer.val_check_interval=1000 trainer.log_every_n_steps=50 ${HEAD_ARGS:-} >$TF/head.log 2>&1" \
