@@ -218,17 +218,18 @@ def bench_b():
     for mb in ("0", "8", "16", "32"):
         os.environ["TALKFIELD_GRID_GROUP_MB"] = mb
         record(f"b_ours_fwd_groups{mb}mb", timeit(fwd))
+        os.environ["TALKFIELD_GRID_FWD"] = "single"  # one load per row instead of one per aligned x-neighbour pair
+        record(f"b_ours_fwd_groups{mb}mb_single_loads", timeit(fwd))
+        del os.environ["TALKFIELD_GRID_FWD"]
         for kernel in ("agg", "lane", "lanepair"):
             os.environ["TALKFIELD_GRID_BWD"] = kernel
             record(f"b_ours_fwd_bwd_groups{mb}mb_{kernel}", timeit(fwd_bwd(x)))
     del os.environ["TALKFIELD_GRID_GROUP_MB"]
-    os.environ["TALKFIELD_GRID_BWD"] = "lanepair"
-    record("b_ours_fwd_bwd_with_input_grad_lanepair_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
+    for kernel in ("agg", "lane", "lanepair"):
+        os.environ["TALKFIELD_GRID_BWD"] = kernel
+        record(f"b_ours_fwd_bwd_with_input_grad_{kernel}_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
+    del os.environ["TALKFIELD_GRID_BWD"]  # the defaults from here on (level groups <= 16 MB, kernel by table size)
     record("b_ours_fwd", timeit(fwd))
-    os.environ["TALKFIELD_GRID_BWD"] = "lane"
-    record("b_ours_fwd_bwd_lane_kernel", timeit(fwd_bwd(x)))
-    record("b_ours_fwd_bwd_with_input_grad_lane_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
-    os.environ["TALKFIELD_GRID_BWD"] = "agg"
     record("b_ours_fwd_bwd", timeit(fwd_bwd(x)),
            figure="grid encoder fwd+bwd, 2^20 3D pts, 16 levels x 2, 2^19 entries/level, hash (ours, CUDA)")
     xg = x.clone().requires_grad_(True)
@@ -360,10 +361,11 @@ def bench_c():
            figure="head-field training step fwd+bwd, 65,536 rays, bf16 autocast (ours, CUDA)")
     record("c_step_bf16_fwd_bwd_adam", timeit(make_step(True, True), iters=30))
     profile_step(make_step(True, False), "c_profile_bf16")
-    os.environ["TALKFIELD_GRID_BWD"] = "lane"
-    record("c_step_bf16_fwd_bwd_lane_kernel", timeit(make_step(True, False), iters=30))
-    record("c_step_fp32_fwd_bwd_lane_kernel", timeit(make_step(False, False), iters=30))
-    os.environ["TALKFIELD_GRID_BWD"] = "agg"
+    for kernel in ("agg", "lane", "lanepair"):
+        os.environ["TALKFIELD_GRID_BWD"] = kernel
+        record(f"c_step_bf16_fwd_bwd_{kernel}_kernel", timeit(make_step(True, False), iters=30))
+        record(f"c_step_fp32_fwd_bwd_{kernel}_kernel", timeit(make_step(False, False), iters=30))
+    del os.environ["TALKFIELD_GRID_BWD"]
     # compiled variants: the cuda_ext ops are custom ops, so the field (scope 'field') or field + composite + loss
     # (scope 'render') compile as one graph; the sample count is padded to a multiple of ARGS.bucket
     for variant in [v for v in ARGS.compile.split(",") if v]:

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 namespace tf {
@@ -96,9 +97,32 @@ __device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t boun
   return inside;
 }
 
+// Rows ia and ib (the x-neighbour corners) of a table as one load when they share an aligned 2-row block
+// (ia ^ 1 == ib; half of the pairs on dense levels, every pair with an even lower x on hashed levels) and rows are at
+// most 8 bytes, else two loads.
+template <typename emb_t, int C>
+__device__ inline void load_pair(const Vec<emb_t, C>* table, uint32_t ia, uint32_t ib, bool pair_loads,
+                                 Vec<emb_t, C>& va, Vec<emb_t, C>& vb) {
+  if constexpr (sizeof(Vec<emb_t, C>) <= 8) {
+    if (pair_loads && (ia ^ 1u) == ib) {
+      const Vec<emb_t, 2 * C> p = load_row<emb_t, 2 * C>(reinterpret_cast<const Vec<emb_t, 2 * C>*>(table) + (ia >> 1));
+      Vec<emb_t, C>& lo = ia < ib ? va : vb;
+      Vec<emb_t, C>& hi = ia < ib ? vb : va;
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        lo.v[c] = p.v[c];
+        hi.v[c] = p.v[C + c];
+      }
+      return;
+    }
+  }
+  va = load_row<emb_t, C>(table + ia);
+  vb = load_row<emb_t, C>(table + ib);
+}
+
 template <typename pos_t, typename emb_t, int D, int C>
 __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __restrict__ emb, int64_t B,
-                                const Levels lv, pos_t bound, pos_t inv2b, pos_t* __restrict__ out) {
+                                const Levels lv, pos_t bound, pos_t inv2b, bool pair_loads, pos_t* __restrict__ out) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   const int L = lv.L, Lg = lv.Lg;
   const int64_t b = tid / Lg;
@@ -119,18 +143,27 @@ __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __rest
 #pragma unroll
   for (int c = 0; c < C; ++c) acc[c] = pos_t(0);
 #pragma unroll
-  for (int corner = 0; corner < (1 << D); ++corner) {
-    pos_t w = pos_t(1);
-    uint32_t cg[D];
+  for (int corner = 0; corner < (1 << D); corner += 2) {  // corners 2k, 2k+1: the same cell row, x and x+1
+    pos_t w[2];
+    uint32_t idx[2];
 #pragma unroll
-    for (int d = 0; d < D; ++d) {
-      const bool bit = (corner >> d) & 1;
-      w *= bit ? frac[d] : pos_t(1) - frac[d];
-      cg[d] = pg[d] + (bit ? 1u : 0u);
+    for (int k = 0; k < 2; ++k) {
+      w[k] = pos_t(1);
+      uint32_t cg[D];
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        const bool bit = ((corner + k) >> d) & 1;
+        w[k] *= bit ? frac[d] : pos_t(1) - frac[d];
+        cg[d] = pg[d] + (bit ? 1u : 0u);
+      }
+      idx[k] = grid_index<D>(cg, lv.res[l], size, hashed);
     }
-    const Vec<emb_t, C> v = load_row<emb_t, C>(table + grid_index<D>(cg, lv.res[l], size, hashed));
+    Vec<emb_t, C> va, vb;
+    load_pair<emb_t, C>(table, idx[0], idx[1], pair_loads, va, vb);
 #pragma unroll
-    for (int c = 0; c < C; ++c) acc[c] += w * static_cast<pos_t>(v.v[c]);
+    for (int c = 0; c < C; ++c) acc[c] += w[0] * static_cast<pos_t>(va.v[c]);
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] += w[1] * static_cast<pos_t>(vb.v[c]);
   }
 #pragma unroll
   for (int c = 0; c < C; ++c) o[c] = acc[c];
@@ -445,12 +478,16 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& emb, const Levels& lv, do
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   pos_t* op = out.data_ptr<pos_t>();
+  // one load per aligned x-neighbour row pair (TALKFIELD_GRID_FWD=single: one load per row, for benchmarking)
+  const char* fwd_env = std::getenv("TALKFIELD_GRID_FWD");
+  const bool pair_loads = !(fwd_env != nullptr && std::strcmp(fwd_env, "single") == 0) &&
+                          reinterpret_cast<uintptr_t>(emb.data_ptr()) % (2 * sizeof(emb_t) * C) == 0;
   for (const auto& grp : level_groups(lv, C, sizeof(pos_t), sizeof(emb_t) * C)) {
     const Levels lg = with_group(lv, grp);
     const int64_t threads = B * lg.Lg;
 #define TF_FWD(D_, C_)                                                                                     \
   grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lg, (pos_t)bound, \
-                                                                                   (pos_t)(0.5 / bound), op)
+                                                                                   (pos_t)(0.5 / bound), pair_loads, op)
     if (D == 2 && C == 1) TF_FWD(2, 1);
     else if (D == 2 && C == 2) TF_FWD(2, 2);
     else if (D == 2 && C == 4) TF_FWD(2, 4);
@@ -472,20 +509,22 @@ void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb
   // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
   const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
   const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
-  // TALKFIELD_GRID_BWD: lane = the level-fastest kernel, lanepair = the same with one 16-byte atomic per aligned
-  // x-neighbour row pair; anything else the point-major aggregating kernel
+  // TALKFIELD_GRID_BWD: agg = the point-major aggregating kernel, lane = the level-fastest kernel, lanepair = the
+  // same with one 16-byte atomic per aligned x-neighbour row pair. Default: lanepair for tables large enough to be
+  // split into level groups (rows are rarely shared within a warp there; bench (b): 2.11 vs 2.54 ms), agg otherwise
+  // (small tables, where marched samples share rows at coarse levels)
+  const auto groups = level_groups(lv, C, sizeof(pos_t), sizeof(acc_t) * C + (gx != nullptr ? sizeof(emb_t) * C : 0));
   const char* variant = std::getenv("TALKFIELD_GRID_BWD");
-  const bool pair = variant != nullptr && std::strcmp(variant, "lanepair") == 0;
-  const bool lane = pair || (variant != nullptr && std::strcmp(variant, "lane") == 0);
+  const std::string kernel = variant != nullptr ? variant : (groups.size() > 1 ? "lanepair" : "agg");
+  const bool pair = kernel == "lanepair";
+  const bool lane = pair || kernel == "lane";
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   acc_t* ap = gemb.data_ptr<acc_t>();
   const pos_t pb = (pos_t)bound, inv = (pos_t)(0.5 / bound);
-  // a group's working set: its gradient rows, plus its embedding rows when d/dx reads them
-  const size_t row_bytes = sizeof(acc_t) * C + (gx != nullptr ? sizeof(emb_t) * C : 0);
   bool first = true;
-  for (const auto& grp : level_groups(lv, C, sizeof(pos_t), row_bytes)) {
+  for (const auto& grp : groups) {  // a group's working set: its gradient rows (+ embedding rows when d/dx reads them)
     const Levels lg = with_group(lv, grp);
     const bool accum = !first;
     first = false;
