@@ -218,17 +218,14 @@ def bench_b():
     for mb in ("0", "8", "16", "32"):
         os.environ["TALKFIELD_GRID_GROUP_MB"] = mb
         record(f"b_ours_fwd_groups{mb}mb", timeit(fwd))
-        os.environ["TALKFIELD_GRID_FWD"] = "single"  # one load per row instead of one per aligned x-neighbour pair
-        record(f"b_ours_fwd_groups{mb}mb_single_loads", timeit(fwd))
-        del os.environ["TALKFIELD_GRID_FWD"]
-        for kernel in ("agg", "lane", "lanepair"):
+        for kernel in ("agg", "aggsingle", "lane", "lanepair"):
             os.environ["TALKFIELD_GRID_BWD"] = kernel
             record(f"b_ours_fwd_bwd_groups{mb}mb_{kernel}", timeit(fwd_bwd(x)))
     del os.environ["TALKFIELD_GRID_GROUP_MB"]
-    for kernel in ("agg", "lane", "lanepair"):
+    for kernel in ("agg", "aggsingle", "lane", "lanepair"):
         os.environ["TALKFIELD_GRID_BWD"] = kernel
         record(f"b_ours_fwd_bwd_with_input_grad_{kernel}_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
-    del os.environ["TALKFIELD_GRID_BWD"]  # the defaults from here on (level groups <= 16 MB, kernel by table size)
+    del os.environ["TALKFIELD_GRID_BWD"]  # the defaults from here on (level groups <= 16 MB, agg with pair atomics)
     record("b_ours_fwd", timeit(fwd))
     record("b_ours_fwd_bwd", timeit(fwd_bwd(x)),
            figure="grid encoder fwd+bwd, 2^20 3D pts, 16 levels x 2, 2^19 entries/level, hash (ours, CUDA)")
@@ -242,6 +239,10 @@ def bench_b():
     q = ((x + 1) / 2 * 1023).long().clamp(0, 1023)
     xs = x[torch.argsort(cuda_ext.morton3d(q))].contiguous()
     record("b_ours_fwd_bwd_morton_sorted_points", timeit(fwd_bwd(xs)))
+    for kernel in ("aggsingle", "lanepair"):
+        os.environ["TALKFIELD_GRID_BWD"] = kernel
+        record(f"b_ours_fwd_bwd_morton_sorted_points_{kernel}_kernel", timeit(fwd_bwd(xs)))
+    del os.environ["TALKFIELD_GRID_BWD"]
     for dt_name, dt_ in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         enc_h = cuda_ext.GridEncoder(3, num_levels=16, level_dim=2, base_resolution=16, desired_resolution=2048,
                                      log2_hashmap_size=19, gridtype="hash", storage_dtype=dt_).to(DEV)
@@ -361,7 +362,7 @@ def bench_c():
            figure="head-field training step fwd+bwd, 65,536 rays, bf16 autocast (ours, CUDA)")
     record("c_step_bf16_fwd_bwd_adam", timeit(make_step(True, True), iters=30))
     profile_step(make_step(True, False), "c_profile_bf16")
-    for kernel in ("agg", "lane", "lanepair"):
+    for kernel in ("agg", "aggsingle", "lane", "lanepair"):
         os.environ["TALKFIELD_GRID_BWD"] = kernel
         record(f"c_step_bf16_fwd_bwd_{kernel}_kernel", timeit(make_step(True, False), iters=30))
         record(f"c_step_fp32_fwd_bwd_{kernel}_kernel", timeit(make_step(False, False), iters=30))

@@ -97,32 +97,9 @@ __device__ inline bool locate(const pos_t* __restrict__ x, int64_t b, pos_t boun
   return inside;
 }
 
-// Rows ia and ib (the x-neighbour corners) of a table as one load when they share an aligned 2-row block
-// (ia ^ 1 == ib; half of the pairs on dense levels, every pair with an even lower x on hashed levels) and rows are at
-// most 8 bytes, else two loads.
-template <typename emb_t, int C>
-__device__ inline void load_pair(const Vec<emb_t, C>* table, uint32_t ia, uint32_t ib, bool pair_loads,
-                                 Vec<emb_t, C>& va, Vec<emb_t, C>& vb) {
-  if constexpr (sizeof(Vec<emb_t, C>) <= 8) {
-    if (pair_loads && (ia ^ 1u) == ib) {
-      const Vec<emb_t, 2 * C> p = load_row<emb_t, 2 * C>(reinterpret_cast<const Vec<emb_t, 2 * C>*>(table) + (ia >> 1));
-      Vec<emb_t, C>& lo = ia < ib ? va : vb;
-      Vec<emb_t, C>& hi = ia < ib ? vb : va;
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        lo.v[c] = p.v[c];
-        hi.v[c] = p.v[C + c];
-      }
-      return;
-    }
-  }
-  va = load_row<emb_t, C>(table + ia);
-  vb = load_row<emb_t, C>(table + ib);
-}
-
 template <typename pos_t, typename emb_t, int D, int C>
 __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __restrict__ emb, int64_t B,
-                                const Levels lv, pos_t bound, pos_t inv2b, bool pair_loads, pos_t* __restrict__ out) {
+                                const Levels lv, pos_t bound, pos_t inv2b, pos_t* __restrict__ out) {
   const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   const int L = lv.L, Lg = lv.Lg;
   const int64_t b = tid / Lg;
@@ -143,27 +120,18 @@ __global__ void grid_fwd_kernel(const pos_t* __restrict__ x, const emb_t* __rest
 #pragma unroll
   for (int c = 0; c < C; ++c) acc[c] = pos_t(0);
 #pragma unroll
-  for (int corner = 0; corner < (1 << D); corner += 2) {  // corners 2k, 2k+1: the same cell row, x and x+1
-    pos_t w[2];
-    uint32_t idx[2];
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    pos_t w = pos_t(1);
+    uint32_t cg[D];
 #pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      w[k] = pos_t(1);
-      uint32_t cg[D];
-#pragma unroll
-      for (int d = 0; d < D; ++d) {
-        const bool bit = ((corner + k) >> d) & 1;
-        w[k] *= bit ? frac[d] : pos_t(1) - frac[d];
-        cg[d] = pg[d] + (bit ? 1u : 0u);
-      }
-      idx[k] = grid_index<D>(cg, lv.res[l], size, hashed);
+    for (int d = 0; d < D; ++d) {
+      const bool bit = (corner >> d) & 1;
+      w *= bit ? frac[d] : pos_t(1) - frac[d];
+      cg[d] = pg[d] + (bit ? 1u : 0u);
     }
-    Vec<emb_t, C> va, vb;
-    load_pair<emb_t, C>(table, idx[0], idx[1], pair_loads, va, vb);
+    const Vec<emb_t, C> v = load_row<emb_t, C>(table + grid_index<D>(cg, lv.res[l], size, hashed));
 #pragma unroll
-    for (int c = 0; c < C; ++c) acc[c] += w[0] * static_cast<pos_t>(va.v[c]);
-#pragma unroll
-    for (int c = 0; c < C; ++c) acc[c] += w[1] * static_cast<pos_t>(vb.v[c]);
+    for (int c = 0; c < C; ++c) acc[c] += w * static_cast<pos_t>(v.v[c]);
   }
 #pragma unroll
   for (int c = 0; c < C; ++c) o[c] = acc[c];
@@ -310,6 +278,46 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
   }
 }
 
+constexpr uint32_t kNoRow = 0xFFFFFFFFu;   // inactive lanes' key
+constexpr uint32_t kPairKey = 0x80000000u;  // high bit: the key names an aligned 2-row block
+
+// Lanes of the warp with equal `key` form a group; every lane of a group gets the group's sum of `v`. Returns the
+// group's lane mask (its leader is the lowest lane).
+template <typename acc_t, int N>
+__device__ inline unsigned group_sum(uint32_t key, acc_t (&v)[N]) {
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  if (__popc(peers) > 1) {  // every lane of a group takes this branch together and loops the same number of times
+    acc_t sum[N];
+#pragma unroll
+    for (int c = 0; c < N; ++c) sum[c] = acc_t(0);
+    unsigned m = peers;
+    while (m) {
+      const int src = __ffs(m) - 1;
+      m &= m - 1;
+#pragma unroll
+      for (int c = 0; c < N; ++c) sum[c] += __shfl_sync(peers, v[c], src);
+    }
+#pragma unroll
+    for (int c = 0; c < N; ++c) v[c] = sum[c];
+  }
+  return peers;
+}
+
+// Two consecutive rows (2 x C values, 16-byte aligned) in one 16-byte atomic where the GPU has them (C == 2 float,
+// sm_90), else per row.
+template <typename acc_t, int C>
+__device__ inline void atomic_add_block(acc_t* dst, const acc_t (&v)[2 * C]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same<acc_t, float>::value && C == 2) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+  } else
+#endif
+  {
+#pragma unroll
+    for (int c = 0; c < 2 * C; ++c) atomicAdd(dst + c, v[c]);
+  }
+}
+
 // Backward, point-major variant: a block is 32 points (threadIdx.x) x Lg levels (threadIdx.y), so a warp holds one
 // level of 32 consecutive points. Samples marched along rays are spatially coherent, so at coarse levels many
 // lanes update the same table row: __match_any_sync groups them, the group sums its values with shuffles and one
@@ -318,8 +326,8 @@ __global__ void grid_bwd_kernel(const pos_t* __restrict__ gy, const pos_t* __res
 template <typename pos_t, typename emb_t, typename acc_t, int D, int C>
 __global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* __restrict__ x,
                                     const emb_t* __restrict__ emb, int64_t B, const Levels lv, pos_t bound,
-                                    pos_t inv2b, bool vec_atomics, bool gx_accum, acc_t* __restrict__ gemb,
-                                    pos_t* __restrict__ gx) {
+                                    pos_t inv2b, bool vec_atomics, bool pair_atomics, bool gx_accum,
+                                    acc_t* __restrict__ gemb, pos_t* __restrict__ gx) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int Lg = lv.Lg;
   const int row = lv.L * C, rowg = Lg * C;  // grad_output row; this group's slice of it
@@ -349,54 +357,79 @@ __global__ void grid_bwd_agg_kernel(const pos_t* __restrict__ gy, const pos_t* _
 #pragma unroll
   for (int d = 0; d < D; ++d) gxp[d] = pos_t(0);
 #pragma unroll
-  for (int corner = 0; corner < (1 << D); ++corner) {
-    pos_t w = pos_t(1);
-    uint32_t cg[D];
+  for (int corner = 0; corner < (1 << D); corner += 2) {  // corners 2k, 2k+1: x and x+1 of one cell row
+    pos_t w[2];
+    uint32_t idx[2];
 #pragma unroll
-    for (int d = 0; d < D; ++d) {
-      const bool bit = (corner >> d) & 1;
-      w *= bit ? frac[d] : pos_t(1) - frac[d];
-      cg[d] = pg[d] + (bit ? 1u : 0u);
-    }
-    const uint32_t idx = active ? grid_index<D>(cg, lv.res[l], size, hashed) : 0xFFFFFFFFu;  // idx < size < 2^32-1
-    acc_t v[C];
+    for (int k = 0; k < 2; ++k) {
+      w[k] = pos_t(1);
+      uint32_t cg[D];
 #pragma unroll
-    for (int c = 0; c < C; ++c) v[c] = active ? static_cast<acc_t>(w) * g[c] : acc_t(0);
-    const unsigned peers = __match_any_sync(0xffffffffu, idx);
-    if (__popc(peers) > 1) {  // every lane of a group takes this branch together and loops the same number of times
-      acc_t sum[C];
-#pragma unroll
-      for (int c = 0; c < C; ++c) sum[c] = acc_t(0);
-      unsigned m = peers;
-      while (m) {
-        const int src = __ffs(m) - 1;
-        m &= m - 1;
-#pragma unroll
-        for (int c = 0; c < C; ++c) sum[c] += __shfl_sync(peers, v[c], src);
+      for (int d = 0; d < D; ++d) {
+        const bool bit = ((corner + k) >> d) & 1;
+        w[k] *= bit ? frac[d] : pos_t(1) - frac[d];
+        cg[d] = pg[d] + (bit ? 1u : 0u);
       }
-#pragma unroll
-      for (int c = 0; c < C; ++c) v[c] = sum[c];
+      idx[k] = active ? grid_index<D>(cg, lv.res[l], size, hashed) : kNoRow;  // idx < size < 2^31
     }
-    if (active && lane == __ffs(peers) - 1) {
-      if (vec_atomics) {
-        atomic_add_vec<acc_t, C>(gtable + (int64_t)idx * C, v, acc_t(1));
-      } else {
-        atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx * C, v, acc_t(1));
+    // Round A: a pair whose rows share an aligned 16-byte block (idx0 ^ 1 == idx1) as one 4-float update keyed by
+    // the block (high bit set), any other lane its first row. Round B: the second row of the unpaired lanes.
+    // Lanes with equal keys (same rows, as marched samples often are at coarse levels) sum first; one leader adds.
+    const bool merged = pair_atomics && active && (idx[0] ^ 1u) == idx[1];
+    {
+      const uint32_t key = merged ? (kPairKey | (idx[0] >> 1)) : idx[0];
+      acc_t v[2 * C];
+      const int lo = idx[0] < idx[1] ? 0 : 1;
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        v[c] = active ? static_cast<acc_t>(merged ? w[lo] : w[0]) * g[c] : acc_t(0);
+        v[C + c] = merged ? static_cast<acc_t>(w[1 - lo]) * g[c] : acc_t(0);
+      }
+      const unsigned peers = group_sum<acc_t, 2 * C>(key, v);
+      if (active && lane == __ffs(peers) - 1) {
+        acc_t v0[C];
+#pragma unroll
+        for (int c = 0; c < C; ++c) v0[c] = v[c];
+        if (merged) {
+          atomic_add_block<acc_t, C>(gtable + (int64_t)(idx[0] & ~1u) * C, v);
+        } else if (vec_atomics) {
+          atomic_add_vec<acc_t, C>(gtable + (int64_t)idx[0] * C, v0, acc_t(1));
+        } else {
+          atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx[0] * C, v0, acc_t(1));
+        }
+      }
+    }
+    {
+      const bool single = active && !merged;
+      const uint32_t key = single ? idx[1] : kNoRow;
+      acc_t v[C];
+#pragma unroll
+      for (int c = 0; c < C; ++c) v[c] = single ? static_cast<acc_t>(w[1]) * g[c] : acc_t(0);
+      const unsigned peers = group_sum<acc_t, C>(key, v);
+      if (single && lane == __ffs(peers) - 1) {
+        if (vec_atomics) {
+          atomic_add_vec<acc_t, C>(gtable + (int64_t)idx[1] * C, v, acc_t(1));
+        } else {
+          atomic_add_scalar<acc_t, C>(gtable + (int64_t)idx[1] * C, v, acc_t(1));
+        }
       }
     }
     if (gx != nullptr && active) {
-      const Vec<emb_t, C> e = load_row<emb_t, C>(table + idx);
-      pos_t dot = pos_t(0);
 #pragma unroll
-      for (int c = 0; c < C; ++c) dot += static_cast<pos_t>(g[c]) * static_cast<pos_t>(e.v[c]);
+      for (int k = 0; k < 2; ++k) {
+        const Vec<emb_t, C> e = load_row<emb_t, C>(table + idx[k]);
+        pos_t dot = pos_t(0);
 #pragma unroll
-      for (int d = 0; d < D; ++d) {
-        pos_t dw = ((corner >> d) & 1) ? pos_t(1) : pos_t(-1);
+        for (int c = 0; c < C; ++c) dot += static_cast<pos_t>(g[c]) * static_cast<pos_t>(e.v[c]);
 #pragma unroll
-        for (int f = 0; f < D; ++f) {
-          if (f != d) dw *= ((corner >> f) & 1) ? frac[f] : pos_t(1) - frac[f];
+        for (int d = 0; d < D; ++d) {
+          pos_t dw = (((corner + k) >> d) & 1) ? pos_t(1) : pos_t(-1);
+#pragma unroll
+          for (int f = 0; f < D; ++f) {
+            if (f != d) dw *= (((corner + k) >> f) & 1) ? frac[f] : pos_t(1) - frac[f];
+          }
+          gxp[d] += dw * dot;
         }
-        gxp[d] += dw * dot;
       }
     }
   }
@@ -430,6 +463,7 @@ Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_
   for (int l = 0; l <= L; ++l) lv.offset[l] = (uint32_t)offsets[l];
   for (int l = 0; l < L; ++l) {
     TORCH_CHECK(offsets[l + 1] > offsets[l], "level ", l, " has an empty table");
+    TORCH_CHECK(offsets[l + 1] - offsets[l] < (int64_t(1) << 31), "level ", l, " holds 2^31 entries or more");
     lv.res[l] = (uint32_t)res[l];
     lv.scale[l] = (float)scales[l];
     if (hashed[l]) lv.hashed |= 1u << l;
@@ -478,16 +512,12 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& emb, const Levels& lv, do
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
   pos_t* op = out.data_ptr<pos_t>();
-  // one load per aligned x-neighbour row pair (TALKFIELD_GRID_FWD=single: one load per row, for benchmarking)
-  const char* fwd_env = std::getenv("TALKFIELD_GRID_FWD");
-  const bool pair_loads = !(fwd_env != nullptr && std::strcmp(fwd_env, "single") == 0) &&
-                          reinterpret_cast<uintptr_t>(emb.data_ptr()) % (2 * sizeof(emb_t) * C) == 0;
   for (const auto& grp : level_groups(lv, C, sizeof(pos_t), sizeof(emb_t) * C)) {
     const Levels lg = with_group(lv, grp);
     const int64_t threads = B * lg.Lg;
 #define TF_FWD(D_, C_)                                                                                     \
   grid_fwd_kernel<pos_t, emb_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(xp, ep, B, lg, (pos_t)bound, \
-                                                                                   (pos_t)(0.5 / bound), pair_loads, op)
+                                                                                   (pos_t)(0.5 / bound), op)
     if (D == 2 && C == 1) TF_FWD(2, 1);
     else if (D == 2 && C == 2) TF_FWD(2, 2);
     else if (D == 2 && C == 4) TF_FWD(2, 4);
@@ -509,15 +539,14 @@ void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb
   // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
   const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
   const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
-  // TALKFIELD_GRID_BWD: agg = the point-major aggregating kernel, lane = the level-fastest kernel, lanepair = the
-  // same with one 16-byte atomic per aligned x-neighbour row pair. Default: lanepair for tables large enough to be
-  // split into level groups (rows are rarely shared within a warp there; bench (b): 2.11 vs 2.54 ms), agg otherwise
-  // (small tables, where marched samples share rows at coarse levels)
+  // TALKFIELD_GRID_BWD (benchmarking): agg (default) = the point-major aggregating kernel with one 16-byte atomic per
+  // aligned x-neighbour row pair, aggsingle = the same with one atomic per row, lane = the level-fastest kernel,
+  // lanepair = lane with the pair atomics
   const auto groups = level_groups(lv, C, sizeof(pos_t), sizeof(acc_t) * C + (gx != nullptr ? sizeof(emb_t) * C : 0));
   const char* variant = std::getenv("TALKFIELD_GRID_BWD");
-  const std::string kernel = variant != nullptr ? variant : (groups.size() > 1 ? "lanepair" : "agg");
-  const bool pair = kernel == "lanepair";
-  const bool lane = pair || kernel == "lane";
+  const std::string kernel = variant != nullptr ? variant : "agg";
+  const bool lane = kernel == "lane" || kernel == "lanepair";
+  const bool pair = kernel == "lanepair" || (!lane && kernel != "aggsingle");
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());
@@ -537,7 +566,7 @@ void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb
 #define TF_BWD(D_, C_)                                                                                           \
   if (agg) {                                                                                                     \
     grid_bwd_agg_kernel<pos_t, emb_t, acc_t, D_, C_><<<agg_grid, agg_block, smem, stream>>>(gp, xp, ep, B, lg, pb, \
-                                                                                        inv, vec, accum, ap, gx); \
+                                                                                        inv, vec, pair, accum, ap, gx); \
   } else {                                                                                                       \
     grid_bwd_kernel<pos_t, emb_t, acc_t, D_, C_><<<blocks_for(threads), kThreads, 0, stream>>>(                  \
         gp, xp, ep, B, lg, pb, inv, shfl, vec, pair, accum, ap, gx);                                             \

@@ -176,11 +176,13 @@ def test_inference_cuda_vs_twin_and_vs_training():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(params=["agg", "lane", "lanepair", "agg/grouped", "lane/grouped", "lanepair/grouped"])
+@pytest.fixture(params=["agg", "aggsingle", "lane", "lanepair", "agg/grouped", "aggsingle/grouped", "lane/grouped",
+                        "lanepair/grouped"])
 def bwd_variant(request, monkeypatch):
-    """The grid-encoder backward kernels (point-major with aggregated atomics; level-fastest; level-fastest with
-    16-byte pair atomics), each with all levels in one launch and with the smallest level groups (one launch per
-    sector-sized chunk of levels: the schedule large tables get), forward included."""
+    """The grid-encoder backward kernels (point-major with aggregated atomics, with and without the 16-byte atomics
+    of aligned x-neighbour row pairs; level-fastest, with and without them), each with all levels in one launch and
+    with the smallest level groups (one launch per sector-sized chunk of levels: the schedule large tables get),
+    forward included."""
     kernel, _, grouped = request.param.partition("/")
     monkeypatch.setenv("TALKFIELD_GRID_BWD", kernel)
     monkeypatch.setenv("TALKFIELD_GRID_GROUP_MB", "1e-9" if grouped else "0")
