@@ -47,6 +47,10 @@ def _merge(base: dict, over: dict | None) -> dict:
     return out
 
 
+INFER_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile modes of `HeadNeRFModule.compile_for_inference` (infer.compile)."""
+
+
 class HeadNeRFModule(TalkFieldModule):
     """The head stage.
 
@@ -85,6 +89,7 @@ class HeadNeRFModule(TalkFieldModule):
         # training-time field under torch.compile (networks/nerf/compiled.py); a plain attribute, so checkpoint keys
         # do not change; validation and inference stay eager
         self._compiled_field = None
+        self._compiled_frames = None  # compile_for_inference
         cf = dict(compile_field or {})
         if cf.get("enabled"):
             from networks.nerf.compiled import BucketedCompile
@@ -131,9 +136,34 @@ class HeadNeRFModule(TalkFieldModule):
         # the statistics stay where the buffer lives (a host copy would wait for all queued GPU work on every call)
         return self.field.encode_condition(zscore(motion.float(), self.motion_stats), eye.float())[0]
 
-    def _field_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor, code: torch.Tensor):
-        sigma, rgb, ambient = self.field(xyzs, dirs, cond, code)
+    def _field_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor, code: torch.Tensor,
+                    image: torch.Tensor | None = None):
+        sigma, rgb, ambient = self.field(xyzs, dirs, cond, code, image)
         return sigma, rgb, ambient.float().abs().sum(-1)
+
+    def _frames_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, image: torch.Tensor, cond: torch.Tensor,
+                     code: torch.Tensor):
+        # the per-sample arguments first (BucketedCompile pads them); the class's _field_call, so that a wrapper
+        # put on the instance (bench/diag_infer_render.py times _field_call) is not traced into the graph
+        return HeadNeRFModule._field_call(self, xyzs, dirs, cond, code, image)
+
+    def compile_for_inference(self, mode: str | None = "reduce-overhead", bucket: int = 16384,
+                              backend: str = "inductor") -> None:
+        """Run the grad-free several-image field (`frames_field_fn`: render_heads, the torso stage's render_frames)
+        under torch.compile(fullgraph=True), the sample count padded to a multiple of `bucket` (one CUDA graph per
+        bucket in the "reduce-overhead" mode; networks/nerf/compiled.py). mode: a torch.compile mode ("default",
+        "reduce-overhead", "max-autotune-no-cudagraphs", ...); None or "none": back to eager. The first renders
+        of each new bucket compile / record (seconds)."""
+        if not mode or str(mode).lower() in ("none", "off", "false"):
+            self._compiled_frames = None
+            return
+        if mode not in INFER_COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r} (infer.compile): use none or one of "
+                             f"{', '.join(INFER_COMPILE_MODES)}")
+        from networks.nerf.compiled import BucketedCompile
+
+        self._compiled_frames = BucketedCompile(self._frames_call, mode=str(mode), bucket=int(bucket), n_per_sample=3,
+                                                backend=backend)
 
     def field_fn(self, cond: torch.Tensor, code: torch.Tensor):
         """The renderer's field function for one image: (xyzs, dirs) -> (sigma, rgb, |ambient| per sample).
@@ -146,11 +176,16 @@ class HeadNeRFModule(TalkFieldModule):
     def frames_field_fn(self, cond: torch.Tensor, code: torch.Tensor):
         """The renderer's field function for several images (`VolumeRenderer.render_frames`): cond [B, C], code
         [B, D]; each sample takes the condition and code of its image: (xyzs, dirs, image [M]) -> (sigma, rgb,
-        |ambient|)."""
+        |ambient|). The condition and code projections are computed per image and gathered per sample. Without
+        gradients after `compile_for_inference`, the compiled field runs instead."""
+        compiled = self._compiled_frames
+
         def fn(xyzs, dirs, image):
+            if compiled is not None and not torch.is_grad_enabled():
+                return compiled(xyzs, dirs, image, cond, code)
             if cond.shape[0] == 1:
                 return self._field_call(xyzs, dirs, cond, code)
-            return self._field_call(xyzs, dirs, cond[image], code[image])
+            return self._field_call(xyzs, dirs, cond, code, image)
         return fn
 
     @torch.no_grad()

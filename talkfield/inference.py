@@ -680,11 +680,13 @@ class TalkingHeadPipeline:
     # --- loading --------------------------------------------------------------------------------------------------
     @classmethod
     def from_subject(cls, subject: str, *, data_dir, runs_dir, device: str | torch.device = "auto", head=None,
-                     torso=None, a2m=None) -> "TalkingHeadPipeline":
+                     torso=None, a2m=None, compile: str | None = None,
+                     compile_bucket: int = 16384) -> "TalkingHeadPipeline":
         """Load a subject's dataset and models. head / torso / a2m: a checkpoint file, a run directory, 'latest' or
         None (= the subject's latest run of that stage, logged). torso=False (or 'none') renders head-only; with no
         torso run the pipeline renders head-only and says so. a2m may also name a generic corpus model: a
-        checkpoint, a run directory, or the corpus name under runs_dir (its latest audio2motion run)."""
+        checkpoint, a run directory, or the corpus name under runs_dir (its latest audio2motion run).
+        compile / compile_bucket: `compile_head` (infer.compile, infer.compile_bucket; None: eager)."""
         from lightning_modules.audio2motion import load_audio2motion
         from lightning_modules.head_nerf import load_head
         from networks.audio2motion import PersonMotion
@@ -748,7 +750,22 @@ class TalkingHeadPipeline:
             train = ds.split("train")
             person = PersonMotion.from_arrays(off[train], ds.array("motion_stats"), ds.array("mean_shape"),
                                               tuple(ds.manifest.eye_quantiles), np.asarray(ds.array("eye_open"))[train])
-        return cls(ds, head_m, torso_m, a2m_m, person, dev, used)
+        pipe = cls(ds, head_m, torso_m, a2m_m, person, dev, used)
+        pipe.compile_head(compile, compile_bucket)
+        return pipe
+
+    def compile_head(self, mode: str | None = "reduce-overhead", bucket: int = 16384) -> bool:
+        """Render the head field under torch.compile (`HeadNeRFModule.compile_for_inference`: fullgraph, samples
+        padded to a multiple of `bucket`; the first frames of each bucket compile). mode: none | default |
+        reduce-overhead | max-autotune-no-cudagraphs. CUDA only: elsewhere a notice, and the field stays eager.
+        Returns whether the field is compiled."""
+        if mode and str(mode).lower() not in ("none", "off", "false") and self.device.type != "cuda":
+            log.info("compile=%s: the compiled head field is CUDA-only; eager on %s", mode, self.device)
+            mode = None
+        self.head.compile_for_inference(mode, bucket)
+        if self.head._compiled_frames is not None:
+            log.info("head field: torch.compile mode %s, samples padded to a multiple of %d", mode, bucket)
+        return self.head._compiled_frames is not None
 
     # --- motion ---------------------------------------------------------------------------------------------------
     def motion(self, wav: np.ndarray, knobs: Knobs, timer: StageTimer | None = None) -> np.ndarray:

@@ -257,3 +257,65 @@ def test_chunk_feed_takes_what_waits_and_raises_source_errors():
         while feed.take(4) is not None:
             pass
     feed.close()
+
+
+def _samples(M: int, B: int, seed: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    xyz = (torch.rand(M, 3, generator=g) * 2 - 1) * 0.3
+    dirs = torch.nn.functional.normalize(torch.randn(M, 3, generator=g), dim=-1)
+    return xyz, dirs, torch.randint(0, B, (M,), generator=g)
+
+
+def test_per_image_projections_equal_per_sample_gathers():
+    """HeadField(image=...): the condition and code projections once per image, gathered per sample, give the
+    per-sample gather path (cond[image], code[image]) to float32 rounding."""
+    head = _head()
+    field, B = head.field, 5
+    _, _, motion, eye, _ = _inputs(B)
+    cond = head.condition(motion.reshape(B, W, 204), eye)
+    code = field.codes(torch.tensor([0, 5, -1, 19, 3]))
+    xyz, dirs, image = _samples(300, B)
+    with torch.no_grad():
+        want = field(xyz, dirs, cond[image], code[image])
+        got = field(xyz, dirs, cond, code, image)
+        geo_want, geo_got = field.geometry(xyz, cond[image]), field.geometry(xyz, cond, image)
+        shifted = field(xyz, dirs, cond, code, (image + 1) % B)
+    assert float((shifted[1] - want[1]).abs().max()) > 1e-3  # each sample's image matters
+    for a, b in zip((*want, *geo_want), (*got, *geo_got)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_frames_field_equals_eager(monkeypatch):
+    """compile_for_inference: the grad-free several-image field under torch.compile(fullgraph) (aot_eager on CPU:
+    the same graph, no code generation), samples padded to a bucket, gives the eager field's numbers (the first M
+    rows of the padded call) and the same batched render; with gradients the eager field runs."""
+    from networks.nerf.compiled import BucketedCompile
+
+    head, B = _head(), 4
+    c2w, K, motion, eye, bg = _inputs(B)
+    mot, frames = motion.reshape(B, W, 204), torch.tensor([-1, 2, -1, 7])
+    cond, code = head.condition(mot, eye), head.field.codes(frames)
+    xyz, dirs, image = _samples(100, B)
+    with torch.no_grad():
+        eager = head.frames_field_fn(cond, code)(xyz, dirs, image)
+        eager_img = head.render_heads(c2w, K, mot, eye, frames, bg, SIZE)["image"]
+    calls = []
+    real_call = BucketedCompile.__call__
+    monkeypatch.setattr(BucketedCompile, "__call__",
+                        lambda self, *a: calls.append(a[0].shape[0]) or real_call(self, *a))
+    head.compile_for_inference("default", bucket=64, backend="aot_eager")
+    assert head._compiled_frames.padded_size(100) == 128
+    with torch.no_grad():
+        comp = head.frames_field_fn(cond, code)(xyz, dirs, image)
+        comp_img = head.render_heads(c2w, K, mot, eye, frames, bg, SIZE)["image"]
+    assert calls[0] == 100 and len(calls) > 1
+    for a, b in zip(eager, comp):
+        assert b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(comp_img, eager_img, rtol=1e-5, atol=1e-5)
+    n = len(calls)
+    with torch.enable_grad():
+        head.frames_field_fn(cond, code)(xyz, dirs, image)
+    assert len(calls) == n
+    head.compile_for_inference("none")
+    assert head._compiled_frames is None

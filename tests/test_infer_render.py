@@ -79,3 +79,12 @@ def test_cancel_leaves_no_file(tiny_pipeline, tmp_path):
         tiny_pipeline.render(audio, out, Knobs(batch_frames=4), progress=progress, cancel=cancel,
                              show_progress=False)
     assert list(Path(tmp_path).glob("*.mp4")) == [] and not any(p.name.endswith(".tmp.mp4") for p in tmp_path.iterdir())
+
+
+def test_compiled_head_is_cuda_only(tiny_pipeline, caplog):
+    """infer.compile on a CPU pipeline: a notice, and the head field stays eager; an unknown mode names the key."""
+    with caplog.at_level(logging.INFO, logger="talkfield.inference"):
+        assert not tiny_pipeline.compile_head("reduce-overhead")
+    assert "CUDA-only" in caplog.text and tiny_pipeline.head._compiled_frames is None
+    with pytest.raises(ValueError, match="infer.compile"):
+        tiny_pipeline.head.compile_for_inference("fast")

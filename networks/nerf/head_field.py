@@ -61,15 +61,18 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, bias: bool = True)
 
 class _CondLinear(nn.Module):
     """Linear layer on [per-sample features ‖ one per-image vector] without materialising the broadcast:
-    forward(x [M, a], c [1, b] or [M, b]) -> [M, out]."""
+    forward(x [M, a], c [1, b] or [M, b]) -> [M, out]; with image [M] int64, c is [B, b] (one row per image) and
+    each sample takes its image's row of c's projection (c is linear: c(cond)[image] == c(cond[image]))."""
 
     def __init__(self, a: int, b: int, out: int, bias: bool):
         super().__init__()
         self.x = nn.Linear(a, out, bias=bias)
         self.c = nn.Linear(b, out, bias=False)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.x(x) + self.c(c)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        if image is None:
+            return self.x(x) + self.c(c)
+        return self.x(x) + self.c(c)[image]
 
 
 class HeadField(nn.Module):
@@ -116,10 +119,12 @@ class HeadField(nn.Module):
         """motion [B, W, 204] z-scored, eye [B, W] -> (cond [B, C], window weights [B, W])."""
         return self.condition(motion, eye)
 
-    def geometry(self, xyz: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xyz [M, 3], cond [1, C] or [M, C] -> sigma [M] float32, geometry feature [M, G], ambient coord [M, A]."""
+    def geometry(self, xyz: torch.Tensor, cond: torch.Tensor,
+                 image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xyz [M, 3], cond [1, C] or [M, C] (or [B, C] with image [M] int64 in [0, B): each sample's image) ->
+        sigma [M] float32, geometry feature [M, G], ambient coord [M, A]."""
         pos = self.position_grid(self.normalize(xyz))
-        ambient = torch.tanh(self.ambient_out(self.ambient_in(pos, cond.to(pos.dtype))))
+        ambient = torch.tanh(self.ambient_out(self.ambient_in(pos, cond.to(pos.dtype), image)))
         amb = self.ambient_grid(ambient.float())
         h = self.sigma_net(torch.cat([pos, amb], dim=-1))
         return trunc_exp(h[..., 0]), h[..., 1:], ambient
@@ -128,12 +133,13 @@ class HeadField(nn.Module):
         """sigma [M] float32 at world points for one condition (the occupancy grid's query)."""
         return self.geometry(xyz, cond)[0]
 
-    def forward(self, xyz: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor,
-                code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xyz [M, 3], dirs [M, 3] unit, cond [1, C] or [M, C], code [1, D] or [M, D] ->
-        sigma [M] float32, rgb [M, 3] float32 in (0, 1), ambient coordinate [M, A]."""
-        sigma, geo, ambient = self.geometry(xyz, cond)
-        h = self.color_in(torch.cat([sh_encode(dirs).to(geo.dtype), geo], dim=-1), code.to(geo.dtype))
+    def forward(self, xyz: torch.Tensor, dirs: torch.Tensor, cond: torch.Tensor, code: torch.Tensor,
+                image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xyz [M, 3], dirs [M, 3] unit, cond [1, C] or [M, C], code [1, D] or [M, D] -> sigma [M] float32,
+        rgb [M, 3] float32 in (0, 1), ambient coordinate [M, A]. With image [M] int64 in [0, B), cond [B, C] and
+        code [B, D] are per image: their projections are computed once per image and gathered per sample."""
+        sigma, geo, ambient = self.geometry(xyz, cond, image)
+        h = self.color_in(torch.cat([sh_encode(dirs).to(geo.dtype), geo], dim=-1), code.to(geo.dtype), image)
         rgb = torch.sigmoid(self.color_out(h).float())
         return sigma, rgb, ambient
 
