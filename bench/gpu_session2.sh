@@ -16,7 +16,7 @@ OUT=${OUT:-/tmp/tf_out}
 TF=/tmp/tf
 mkdir -p "$OUT" "$TF/site" "$TF/data"
 export PYTHONUNBUFFERED=1 TALKFIELD_DATA=$TF/data TALKFIELD_OUTPUTS=$TF/outputs WANDB_MODE=disabled
-export TALKFIELD_CUDA_EXT_SO=$PWD/.carry/s2b/cuda_ext/talkfield_cuda_ext.so TALKFIELD_CUDA_EXT_BUILD_DIR=$TF/cuda_ext_build
+export TALKFIELD_CUDA_EXT_SO=${TALKFIELD_CUDA_EXT_SO:-$PWD/.carry/s2b/cuda_ext/talkfield_cuda_ext.so} TALKFIELD_CUDA_EXT_BUILD_DIR=$TF/cuda_ext_build
 export PYTHONPATH=$PWD:$TF/site
 STUDY_STEPS=${STUDY_STEPS:-600}
 t0=$(date +%s)
@@ -35,12 +35,15 @@ run)
   cp -r .carry/s2b/site/* $TF/site/
   mkdir -p $TF/ckpt && cp .carry/s2b/torso.ckpt .carry/s2b/a2m.ckpt $TF/ckpt/
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  # 1) inference benchmark, alone on the GPU
-  python3 bench/bm_infer.py --data-dir $TF/data --subject katie --out $TF/infer --ckpt-dir $TF/ckpt \
-    --deadline-s ${INFER_DEADLINE:-230} >$TF/infer.log 2>&1
-  echo "infer rc $? at $(elapsed) s"; grep -a "^| \|Error\|Traceback" $TF/infer.log | cut -c1-220 | tail -30
-  cp $TF/infer/results_rows.md $OUT/infer_rows.md 2>/dev/null; cp $TF/infer/results.json $OUT/infer_results.json 2>/dev/null
-  cp $TF/infer.log $OUT/infer.log
+  # 1) inference benchmark, alone on the GPU (INFER_ARGS: more bm_infer options, e.g. "--compile reduce-overhead";
+  #    INFER_TAG: a suffix for its output names, so variants in one call keep their results apart)
+  tag=${INFER_TAG:-}
+  python3 bench/bm_infer.py --data-dir $TF/data --subject katie --out $TF/infer$tag --ckpt-dir $TF/ckpt \
+    --deadline-s ${INFER_DEADLINE:-230} ${INFER_ARGS:-} >$TF/infer$tag.log 2>&1
+  echo "infer rc $? at $(elapsed) s"; grep -a "^| \|Error\|Traceback" $TF/infer$tag.log | cut -c1-220 | tail -30
+  cp $TF/infer$tag/results_rows.md $OUT/infer${tag}_rows.md 2>/dev/null
+  cp $TF/infer$tag/results.json $OUT/infer${tag}_results.json 2>/dev/null
+  cp $TF/infer$tag.log $OUT/infer$tag.log
   ls -la $OUT; echo "run: $(elapsed) s" ;;
 studies)
   # one study per call (what fits 10 minutes): one process per row (2 seeds each), short schedules, then the pack;
