@@ -218,14 +218,14 @@ def bench_b():
     for mb in ("0", "8", "16", "32"):
         os.environ["TALKFIELD_GRID_GROUP_MB"] = mb
         record(f"b_ours_fwd_groups{mb}mb", timeit(fwd))
-        for kernel in ("agg", "aggsingle", "lane", "lanepair"):
+        for kernel in ("agg", "aggpair", "lane", "lanepair"):
             os.environ["TALKFIELD_GRID_BWD"] = kernel
             record(f"b_ours_fwd_bwd_groups{mb}mb_{kernel}", timeit(fwd_bwd(x)))
     del os.environ["TALKFIELD_GRID_GROUP_MB"]
-    for kernel in ("agg", "aggsingle", "lane", "lanepair"):
+    for kernel in ("agg", "aggpair", "lane", "lanepair"):
         os.environ["TALKFIELD_GRID_BWD"] = kernel
         record(f"b_ours_fwd_bwd_with_input_grad_{kernel}_kernel", timeit(fwd_bwd(x.clone().requires_grad_(True))))
-    del os.environ["TALKFIELD_GRID_BWD"]  # the defaults from here on (level groups <= 16 MB, agg with pair atomics)
+    del os.environ["TALKFIELD_GRID_BWD"]  # the defaults from here on (level groups <= 16 MB, agg)
     record("b_ours_fwd", timeit(fwd))
     record("b_ours_fwd_bwd", timeit(fwd_bwd(x)),
            figure="grid encoder fwd+bwd, 2^20 3D pts, 16 levels x 2, 2^19 entries/level, hash (ours, CUDA)")
@@ -239,7 +239,7 @@ def bench_b():
     q = ((x + 1) / 2 * 1023).long().clamp(0, 1023)
     xs = x[torch.argsort(cuda_ext.morton3d(q))].contiguous()
     record("b_ours_fwd_bwd_morton_sorted_points", timeit(fwd_bwd(xs)))
-    for kernel in ("aggsingle", "lanepair"):
+    for kernel in ("aggpair", "lanepair"):
         os.environ["TALKFIELD_GRID_BWD"] = kernel
         record(f"b_ours_fwd_bwd_morton_sorted_points_{kernel}_kernel", timeit(fwd_bwd(xs)))
     del os.environ["TALKFIELD_GRID_BWD"]
@@ -362,7 +362,7 @@ def bench_c():
            figure="head-field training step fwd+bwd, 65,536 rays, bf16 autocast (ours, CUDA)")
     record("c_step_bf16_fwd_bwd_adam", timeit(make_step(True, True), iters=30))
     profile_step(make_step(True, False), "c_profile_bf16")
-    for kernel in ("agg", "aggsingle", "lane", "lanepair"):
+    for kernel in ("agg", "aggpair", "lane", "lanepair"):
         os.environ["TALKFIELD_GRID_BWD"] = kernel
         record(f"c_step_bf16_fwd_bwd_{kernel}_kernel", timeit(make_step(True, False), iters=30))
         record(f"c_step_fp32_fwd_bwd_{kernel}_kernel", timeit(make_step(False, False), iters=30))

@@ -539,14 +539,16 @@ void launch_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& emb
   // sm_90 vector atomics by default; TALKFIELD_GRID_SCALAR_ATOMICS=1 selects one atomic per feature (benchmarking)
   const char* scalar_env = std::getenv("TALKFIELD_GRID_SCALAR_ATOMICS");
   const bool vec = !(scalar_env != nullptr && scalar_env[0] == '1');
-  // TALKFIELD_GRID_BWD (benchmarking): agg (default) = the point-major aggregating kernel with one 16-byte atomic per
-  // aligned x-neighbour row pair, aggsingle = the same with one atomic per row, lane = the level-fastest kernel,
-  // lanepair = lane with the pair atomics
+  // TALKFIELD_GRID_BWD (benchmarking): agg (default) = the point-major aggregating kernel, one atomic per row;
+  // aggpair = the same with one 16-byte atomic per aligned x-neighbour row pair; lane = the level-fastest kernel;
+  // lanepair = lane with the pair atomics. On the H100 (bench/notes_cuda_ext.md, run 6): uniformly random points in
+  // 2^19-entry tables 2.54 (agg) / 2.54 (aggpair) / 2.51 (lane) / 2.11 ms (lanepair); the same points Morton-sorted,
+  // as marched samples are, 2.35 (agg) / 2.53 (aggpair) / 2.59 ms (lanepair): agg stays the default.
   const auto groups = level_groups(lv, C, sizeof(pos_t), sizeof(acc_t) * C + (gx != nullptr ? sizeof(emb_t) * C : 0));
   const char* variant = std::getenv("TALKFIELD_GRID_BWD");
   const std::string kernel = variant != nullptr ? variant : "agg";
   const bool lane = kernel == "lane" || kernel == "lanepair";
-  const bool pair = kernel == "lanepair" || (!lane && kernel != "aggsingle");
+  const bool pair = kernel == "lanepair" || kernel == "aggpair";
   const pos_t* gp = gy.data_ptr<pos_t>();
   const pos_t* xp = x.data_ptr<pos_t>();
   const emb_t* ep = reinterpret_cast<const emb_t*>(emb.data_ptr());

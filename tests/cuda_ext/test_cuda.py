@@ -176,7 +176,7 @@ def test_inference_cuda_vs_twin_and_vs_training():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(params=["agg", "aggsingle", "lane", "lanepair", "agg/grouped", "aggsingle/grouped", "lane/grouped",
+@pytest.fixture(params=["agg", "aggpair", "lane", "lanepair", "agg/grouped", "aggpair/grouped", "lane/grouped",
                         "lanepair/grouped"])
 def bwd_variant(request, monkeypatch):
     """The grid-encoder backward kernels (point-major with aggregated atomics, with and without the 16-byte atomics
