@@ -32,7 +32,8 @@ def main(cfg: DictConfig) -> None:
         pipe = TalkingHeadPipeline.from_subject(str(cfg.subject.name), data_dir=cfg.paths.data_dir,
                                                 runs_dir=cfg.paths.runs_dir, device=cfg.device, head=ck.head,
                                                 torso=ck.torso, a2m=ck.a2m, compile=cfg.infer.get("compile"),
-                                                compile_bucket=int(cfg.infer.get("compile_bucket", 16384)))
+                                                compile_bucket=int(cfg.infer.get("compile_bucket", 16384)),
+                                                compact_every=int(cfg.infer.get("compact_every", 1)))
         out = Path(cfg.out)
         if cfg.infer.stream:
             path, stats = pipe.render_stream(cfg.audio, out, knobs, realtime=bool(cfg.infer.realtime))

@@ -267,6 +267,8 @@ def main() -> None:
                     help="head field under torch.compile for inference (infer.compile): none | default | "
                          "reduce-overhead | max-autotune-no-cudagraphs")
     ap.add_argument("--compile-bucket", type=int, default=16384)
+    ap.add_argument("--compact-every", type=int, default=1,
+                    help="infer.compact_every: drop finished rays from the march list every n passes")
     ap.add_argument("--psnr-frames", type=int, default=100)
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--skip-psnr", action="store_true")
@@ -293,7 +295,8 @@ def main() -> None:
     t = time.perf_counter()
     pipe = TalkingHeadPipeline.from_subject(args.subject, data_dir=args.data_dir, runs_dir=args.runs_dir,
                                             device=args.device, head=ck["head"], torso=ck["torso"], a2m=ck["a2m"],
-                                            compile=args.compile, compile_bucket=args.compile_bucket)
+                                            compile=args.compile, compile_bucket=args.compile_bucket,
+                                            compact_every=args.compact_every)
     R["load_s"] = time.perf_counter() - t
     if mel_filters_shim():  # after lightning/transformers are imported: they probe for librosa
         log.info("librosa missing: log-mel uses torchaudio's Slaney mel filterbank (identical)")
@@ -331,6 +334,7 @@ def main() -> None:
         setting = (f"{what}, {pipe.renderer.out_size} px, A2M {pipe.a2m.features}, batch {knobs.batch_frames}, {prec}, "
                    f"max_steps {rs['max_steps']}, T_thresh {rs['T_thresh']:g}"
                    + (f", head field compiled ({args.compile})" if args.compile != "none" else "")
+                   + (f", ray list compacted every {args.compact_every} passes" if args.compact_every > 1 else "")
                    + {True: " (as trained)", False: " (NOT the training settings)", None: ""}[rs["matches_training"]])
         res.row(f"inference speed, {args.seconds:g} s audio file -> closed mp4 (warm process), {setting}",
                 f"{r.fps:.1f}", "frames/s")
@@ -387,7 +391,8 @@ def main() -> None:
                 res.row(f"streaming latency {q}, last sample of a 40 ms chunk -> its frame, {args.stream_seconds:g} s "
                         f"real-time stream, look-ahead {st.lookahead_frames} frames ({st.lookahead_frames * 40} ms) "
                         f"included, {what}, CPU pools {args.cpu_threads or 'all'} threads"
-                        + (f", head field compiled ({args.compile})" if args.compile != "none" else ""),
+                        + (f", head field compiled ({args.compile})" if args.compile != "none" else "")
+                        + (f", ray list compacted every {args.compact_every} passes" if args.compact_every > 1 else ""),
                         f"{R['stream'][q + '_ms']:.0f}", "ms")
 
         stream_cost = args.stream_seconds * max(1.0, 1.3 * 25 / fps) + 5

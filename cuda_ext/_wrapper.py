@@ -311,7 +311,7 @@ def composite_rays(
 def render_inference(
     field_fn: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]], rays_o: Tensor, rays_d: Tensor, grid, *,
     dt: float, max_steps: int, T_thresh: float = 1e-2, min_near: float = 0.05, max_step_per_pass: int = 8,
-    ray_index: bool = False, stats: Optional[dict] = None,
+    ray_index: bool = False, stats: Optional[dict] = None, compact_every: int = 1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Render rays at inference with the march/composite loop (only alive rays are marched each pass).
 
@@ -322,7 +322,12 @@ def render_inference(
             are rendered together). rays_o, rays_d: [N, 3]. grid: :class:`OccupancyGrid`.
         dt, max_steps: as for :func:`march_rays_train`. T_thresh: stop a ray when T < T_thresh.
         max_step_per_pass: samples per alive ray per pass are clamp(N / A, 1, this).
-        stats: if given, ``stats["samples"]`` is set to the sample slots evaluated (padding included).
+        stats: if given, ``stats["samples"]`` is set to the sample slots evaluated (padding included),
+            ``stats["passes"]`` and ``stats["compactions"]`` to the loop's passes and list compactions.
+        compact_every: drop finished rays from the list every this many passes (1: every pass). Each compaction
+            waits for the GPU (its size is read on the host); in between, finished rays stay in the list retired in
+            place (``rays_t`` = +inf: marching them again gives no samples), so the host queues passes ahead of the
+            GPU at the cost of their padded samples. Same samples, same results.
     Returns:
         weights_sum [N], depth [N], image [N, 3] (no background; add ``(1 - weights_sum) * bg``).
     """
@@ -335,7 +340,8 @@ def render_inference(
     depth = torch.zeros(n, dtype=torch.float32, device=dev)
     image = torch.zeros(n, 3, dtype=torch.float32, device=dev)
     alive = torch.nonzero(torch.isfinite(rays_t)).squeeze(1).int()
-    passes = evaluated = 0
+    passes = evaluated = compactions = 0
+    every = max(1, int(compact_every))
     while alive.numel() > 0 and passes <= max_steps:  # every pass samples or retires each alive ray
         a = alive.numel()
         n_step = int(max(1, min(max_step_per_pass, n // a)))
@@ -347,11 +353,16 @@ def render_inference(
         with torch.no_grad():
             sigmas, rgbs = field_fn(*args)
         keep = composite_rays(sigmas, rgbs, deltas, alive, rays_t, weights_sum, depth, image, T_thresh)
-        alive = alive[keep]
         evaluated += a * n_step
         passes += 1
+        if passes % every == 0:
+            alive = alive[keep]  # the host learns the list's size: waits for the GPU
+            compactions += 1
+        else:  # rays that stopped (opaque or out of samples) get rays_t = +inf: no samples again, no host sync
+            idx = alive.long()
+            rays_t.index_put_((idx,), torch.where(keep, rays_t[idx], torch.full_like(rays_t[idx], math.inf)))
     if stats is not None:
-        stats["samples"] = evaluated
+        stats.update(samples=evaluated, passes=passes, compactions=compactions)
     return weights_sum, depth, image
 
 

@@ -680,13 +680,17 @@ class TalkingHeadPipeline:
     # --- loading --------------------------------------------------------------------------------------------------
     @classmethod
     def from_subject(cls, subject: str, *, data_dir, runs_dir, device: str | torch.device = "auto", head=None,
-                     torso=None, a2m=None, compile: str | None = None,
-                     compile_bucket: int = 16384) -> "TalkingHeadPipeline":
+                     torso=None, a2m=None, compile: str | None = None, compile_bucket: int = 16384,
+                     compact_every: int = 1) -> "TalkingHeadPipeline":
         """Load a subject's dataset and models. head / torso / a2m: a checkpoint file, a run directory, 'latest' or
         None (= the subject's latest run of that stage, logged). torso=False (or 'none') renders head-only; with no
         torso run the pipeline renders head-only and says so. a2m may also name a generic corpus model: a
         checkpoint, a run directory, or the corpus name under runs_dir (its latest audio2motion run).
-        compile / compile_bucket: `compile_head` (infer.compile, infer.compile_bucket; None: eager)."""
+        compile / compile_bucket: `compile_head` (infer.compile, infer.compile_bucket; None: eager).
+        compact_every: the head renderer's inference loop drops finished rays every this many passes
+        (infer.compact_every; `cuda_ext.render_inference`)."""
+        if int(compact_every) < 1:
+            raise InferenceError(f"compact_every={compact_every} (infer.compact_every): must be >= 1")
         from lightning_modules.audio2motion import load_audio2motion
         from lightning_modules.head_nerf import load_head
         from networks.audio2motion import PersonMotion
@@ -752,6 +756,7 @@ class TalkingHeadPipeline:
                                               tuple(ds.manifest.eye_quantiles), np.asarray(ds.array("eye_open"))[train])
         pipe = cls(ds, head_m, torso_m, a2m_m, person, dev, used)
         pipe.compile_head(compile, compile_bucket)
+        head_m.renderer.compact_every = int(compact_every)
         return pipe
 
     def compile_head(self, mode: str | None = "reduce-overhead", bucket: int = 16384) -> bool:

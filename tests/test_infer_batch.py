@@ -94,6 +94,26 @@ def test_batched_head_render_equals_one_frame_renders(frames):
     torch.testing.assert_close(nobg["image"], got["rgb"], rtol=0, atol=0)
 
 
+def test_batched_head_render_with_lazy_compaction_is_the_same(tmp_path):
+    """infer.compact_every > 1 (finished rays retired in place between list compactions) renders the same frames;
+    a value below 1 is refused before anything loads."""
+    head = _head()
+    B = 3
+    c2w, K, motion, eye, bg = _inputs(B)
+    out = {}
+    for k in (1, 3):
+        head.renderer.compact_every = k
+        with torch.no_grad():
+            out[k] = head.render_heads(c2w, K, motion.reshape(B, W, 204), eye, torch.tensor([0, -1, 4]), bg, SIZE)
+    head.renderer.compact_every = 1
+    for key in ("image", "alpha", "depth"):
+        torch.testing.assert_close(out[3][key], out[1][key], rtol=1e-5, atol=1e-6)
+    assert out[3]["num_samples"] > out[1]["num_samples"]  # retired rays still take (empty) sample slots
+    from talkfield.inference import InferenceError, TalkingHeadPipeline
+    with pytest.raises(InferenceError, match="infer.compact_every"):
+        TalkingHeadPipeline.from_subject("nobody", data_dir=tmp_path, runs_dir=tmp_path, compact_every=0)
+
+
 def _torso(seed: int = 5) -> TorsoNeRFModule:
     torso = TorsoNeRFModule(TorsoField(grid=dict(num_levels=4, desired_resolution=32, log2_hashmap_size=10),
                                        deform_hidden=16, hidden=16, latent_max_frames=64),

@@ -43,6 +43,9 @@ class VolumeRenderer(nn.Module):
         if backend not in cuda_ext.BACKENDS:
             raise ValueError(f"renderer backend {backend!r}: one of {cuda_ext.BACKENDS}")
         self.backend, self.chunk = backend, int(chunk)
+        # render_frames: compact the inference loop's ray list every this many passes (cuda_ext.render_inference);
+        # an inference setting (infer.compact_every), not part of the model's config
+        self.compact_every = 1
 
     @property
     def aabb(self) -> torch.Tensor:
@@ -110,7 +113,7 @@ class VolumeRenderer(nn.Module):
             ws, depth, rgb = cuda_ext.render_inference(fn, o, d, self.grid, dt=self.dt, max_steps=self.max_steps,
                                                        T_thresh=self.T_thresh, min_near=self.min_near,
                                                        max_step_per_pass=int(max_step_per_pass), ray_index=True,
-                                                       stats=stats)
+                                                       stats=stats, compact_every=self.compact_every)
         evaluated = stats["samples"]
         ws, depth, rgb = ws.reshape(B, P), depth.reshape(B, P), rgb.reshape(B, P, 3)
         out = {"rgb": rgb, "weights_sum": ws, "depth": depth, "num_samples": evaluated}
