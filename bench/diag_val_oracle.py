@@ -19,7 +19,8 @@ head stage's renders (the head over frame t's own torso image over the plate) an
 Both use frame t's tracked landmarks (the motion oracle the head stage validates with) and real pixels of other
 frames, so they show how much of frame t the rest of the clip explains; the head field is scored the same way in
 its validation (`val/psnr_face`, `val/psnr`). For comparison the same baselines are computed for training frames,
-searching only frames at least --gap frames away.
+searching only frames at least --gap frames away. Last, against the real frame (the torso stage's target): the
+previous real frame as it is, and frame t's own head and torso over the plate.
 """
 
 from __future__ import annotations
@@ -124,6 +125,19 @@ def main() -> None:
             mean = {k: float(np.mean([r[k] for r in rr if k in r])) for k in keys}
             res[f"{split}_{mode}"] = {"mean": mean, "frames": rr}
             print(f"{split:5s} {mode:10s} " + "  ".join(f"{k[5:] or 'full'} {v:5.2f}" for k, v in mean.items()))
+    # the torso stage's target is the real frame (issue 7: >= 30 dB full frame): the previous real frame as it is
+    # (a static camera), and frame t's own head and torso over the plate (the ceiling the plate leaves)
+    from talkfield.dataset import HEAD_LABELS
+
+    full = {"previous_frame": [], "own_head_torso_over_plate": []}
+    for t in val:
+        real = ds.frame(int(t))
+        full["previous_frame"].append(psnr(ds.frame(int(t) - 1), real))
+        head = np.isin(ds.labels(int(t)), HEAD_LABELS)[..., None]
+        own = np.where(head, real.astype(np.float32), composite_bg(ds, int(t)))
+        full["own_head_torso_over_plate"].append(psnr(np.clip(own + 0.5, 0, 255).astype(np.uint8), real))
+    res["val_real_frame"] = {k: float(np.mean(v)) for k, v in full.items()}
+    print("val   vs the real frame: " + "  ".join(f"{k} {v:5.2f}" for k, v in res["val_real_frame"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
 
