@@ -5,7 +5,8 @@
 // over the Lg lanes that hold its levels (when Lg divides 32; otherwise an atomic add).
 // Large tables are processed a group of levels at a time (one launch per group, Lg levels each): every block in
 // flight then gathers from / scatters into the same few levels, whose rows stay in L2, instead of all L levels'
-// tables at once (2^19 entries x 16 levels x 8 B = 64 MB, more than the H100's 50 MB L2).
+// tables at once (16 levels of up to 2^19 entries x 8 B: 49 MB, the H100's whole L2, beside the streamed
+// output / grad_output).
 // Level metadata (table offsets, resolutions, scales, hash flags, the group) travels by value in the kernel
 // parameters.
 
