@@ -6,6 +6,8 @@
 #   call 2, carry [".carry/s2b"]  (torso.ckpt + a2m.ckpt weights-only from bench/gpu_session.sh, the prebuilt cuda_ext,
 #                                  stlpips_pytorch without vgg weights, IPython wheels that stlpips imports)
 #     bash bench/gpu_session2.sh run                 # the inference benchmark, alone on the GPU
+#     variants on one machine, one call: INFER_TAG=_eager bash bench/gpu_session2.sh run; \
+#       INFER_TAG=_k3 INFER_ARGS="--compact-every 3" bash bench/gpu_session2.sh run   (bm_infer options)
 #   calls 3 and 4, no carry needed (everything is under /tmp/tf by then):
 #     bash bench/gpu_session2.sh studies lambda      # the lambda_lpips grid, one process per row
 #     bash bench/gpu_session2.sh studies ambient     # the ambient ablation
