@@ -36,17 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    err = ((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2
-    err = err.mean(-1)
-    m = err[mask] if mask is not None else err
-    return float(-10 * np.log10(max(m.mean(), 1e-12)))
+    """networks.losses.psnr of two uint8 images (mask: bool [H,W] or None)."""
+    import torch
 
+    from networks.losses import psnr as psnr_t
 
-def composite_bg(ds, t: int) -> np.ndarray:
-    """Frame t's torso image over the plate: what the head stage renders the head over (float [H,W,3])."""
-    rgba = ds.torso_rgba(t).astype(np.float32)
-    a = rgba[..., 3:] / 255.0
-    return rgba[..., :3] * a + ds.background().astype(np.float32) * (1 - a)
+    m = None if mask is None else torch.from_numpy(mask)
+    return float(psnr_t(torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0, m))
 
 
 def predict(ds, t: int, s: int, lms: np.ndarray, register: bool) -> np.ndarray:
@@ -62,7 +58,7 @@ def predict(ds, t: int, s: int, lms: np.ndarray, register: bool) -> np.ndarray:
         n = ds.size
         src = cv2.warpAffine(src, M, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         head = cv2.warpAffine(head, M, (n, n), flags=cv2.INTER_LINEAR)
-    bg = composite_bg(ds, t)
+    bg = ds.head_background(t)
     out = src * head[..., None] + bg * (1 - head[..., None])
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
@@ -134,7 +130,7 @@ def main() -> None:
         real = ds.frame(int(t))
         full["previous_frame"].append(psnr(ds.frame(int(t) - 1), real))
         head = np.isin(ds.labels(int(t)), HEAD_LABELS)[..., None]
-        own = np.where(head, real.astype(np.float32), composite_bg(ds, int(t)))
+        own = np.where(head, real.astype(np.float32), ds.head_background(int(t)))
         full["own_head_torso_over_plate"].append(psnr(np.clip(own + 0.5, 0, 255).astype(np.uint8), real))
     res["val_real_frame"] = {k: float(np.mean(v)) for k, v in full.items()}
     print("val   vs the real frame: " + "  ".join(f"{k} {v:5.2f}" for k, v in res["val_real_frame"].items()))

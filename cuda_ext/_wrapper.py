@@ -340,8 +340,10 @@ def render_inference(
     depth = torch.zeros(n, dtype=torch.float32, device=dev)
     image = torch.zeros(n, 3, dtype=torch.float32, device=dev)
     alive = torch.nonzero(torch.isfinite(rays_t)).squeeze(1).int()
+    if int(compact_every) < 1:
+        raise ValueError(f"compact_every={compact_every}: must be >= 1")
+    every = int(compact_every)
     passes = evaluated = compactions = 0
-    every = max(1, int(compact_every))
     while alive.numel() > 0 and passes <= max_steps:  # every pass samples or retires each alive ray
         a = alive.numel()
         n_step = int(max(1, min(max_step_per_pass, n // a)))
@@ -360,7 +362,7 @@ def render_inference(
             compactions += 1
         else:  # rays that stopped (opaque or out of samples) get rays_t = +inf: no samples again, no host sync
             idx = alive.long()
-            rays_t.index_put_((idx,), torch.where(keep, rays_t[idx], torch.full_like(rays_t[idx], math.inf)))
+            rays_t.index_put_((idx,), rays_t[idx].masked_fill(~keep, math.inf))
     if stats is not None:
         stats.update(samples=evaluated, passes=passes, compactions=compactions)
     return weights_sum, depth, image

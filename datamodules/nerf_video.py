@@ -112,7 +112,6 @@ class NerfVideoDataModule(LightningDataModule):
         lip = np.asarray(ds.array("lip_rect"), np.float32) * (self.sr_size / n)
         self.lip_rect = torch.from_numpy(lip)
         lms = np.asarray(ds.array("lms2d"), np.float32)
-        plate = ds.background().astype(np.float32) / 255.0
         r, s = self.render_size, self.sr_size
         n_frames = T
         self.target = torch.empty(n_frames, r, r, 3, dtype=torch.uint8)
@@ -127,9 +126,7 @@ class NerfVideoDataModule(LightningDataModule):
         def load(t: int) -> None:  # each call fills row t only; cv2 and numpy release the GIL, so threads overlap
             labels = ds.labels(t)
             tgt = ds.head_target(t, labels)
-            torso = ds.torso_rgba(t).astype(np.float32) / 255.0
-            a = torso[..., 3:]
-            bg = (torso[..., :3] * a + plate * (1.0 - a)) * 255.0
+            bg = ds.head_background(t)
             face = face_hull_mask(lms[t], n, self.face_dilate).astype(np.float32)
             self.target[t] = torch.from_numpy(_resize(tgt, r))
             self.target_sr[t] = torch.from_numpy(_resize(tgt, s))

@@ -51,6 +51,16 @@ INFER_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotu
 """torch.compile modes of `HeadNeRFModule.compile_for_inference` (infer.compile)."""
 
 
+def infer_compile_mode(mode: str | None) -> str | None:
+    """infer.compile as a torch.compile mode, or None for eager (None, "none", "off", "false"); an unknown mode is
+    a ValueError naming the key."""
+    if not mode or str(mode).lower() in ("none", "off", "false"):
+        return None
+    if mode not in INFER_COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r} (infer.compile): use none or one of {', '.join(INFER_COMPILE_MODES)}")
+    return str(mode)
+
+
 class HeadNeRFModule(TalkFieldModule):
     """The head stage.
 
@@ -143,27 +153,23 @@ class HeadNeRFModule(TalkFieldModule):
 
     def _frames_call(self, xyzs: torch.Tensor, dirs: torch.Tensor, image: torch.Tensor, cond: torch.Tensor,
                      code: torch.Tensor):
-        # the per-sample arguments first (BucketedCompile pads them); the class's _field_call, so that a wrapper
-        # put on the instance (bench/diag_infer_render.py times _field_call) is not traced into the graph
-        return HeadNeRFModule._field_call(self, xyzs, dirs, cond, code, image)
+        # _field_call with the per-sample arguments first (BucketedCompile pads those)
+        return self._field_call(xyzs, dirs, cond, code, image)
 
     def compile_for_inference(self, mode: str | None = "reduce-overhead", bucket: int = 16384,
-                              backend: str = "inductor") -> None:
+                              backend: str = "inductor") -> bool:
         """Run the grad-free several-image field (`frames_field_fn`: render_heads, the torso stage's render_frames)
         under torch.compile(fullgraph=True), the sample count padded to a multiple of `bucket` (one CUDA graph per
-        bucket in the "reduce-overhead" mode; networks/nerf/compiled.py). mode: a torch.compile mode ("default",
-        "reduce-overhead", "max-autotune-no-cudagraphs", ...); None or "none": back to eager. The first renders
-        of each new bucket compile / record (seconds)."""
-        if not mode or str(mode).lower() in ("none", "off", "false"):
-            self._compiled_frames = None
-            return
-        if mode not in INFER_COMPILE_MODES:
-            raise ValueError(f"compile mode {mode!r} (infer.compile): use none or one of "
-                             f"{', '.join(INFER_COMPILE_MODES)}")
-        from networks.nerf.compiled import BucketedCompile
+        bucket in the "reduce-overhead" mode; networks/nerf/compiled.py). mode: see `infer_compile_mode`; eager
+        for none. The first renders of each new bucket compile / record (seconds). Returns whether it compiles."""
+        mode = infer_compile_mode(mode)
+        self._compiled_frames = None
+        if mode is not None:
+            from networks.nerf.compiled import BucketedCompile
 
-        self._compiled_frames = BucketedCompile(self._frames_call, mode=str(mode), bucket=int(bucket), n_per_sample=3,
-                                                backend=backend)
+            self._compiled_frames = BucketedCompile(self._frames_call, mode=mode, bucket=int(bucket), n_per_sample=3,
+                                                    backend=backend)
+        return self._compiled_frames is not None
 
     def field_fn(self, cond: torch.Tensor, code: torch.Tensor):
         """The renderer's field function for one image: (xyzs, dirs) -> (sigma, rgb, |ambient| per sample).

@@ -275,6 +275,15 @@ class SubjectDataset:
             self._plate = self._read(self.image_path("bg"), cv2.IMREAD_COLOR)
         return self._plate.copy()
 
+    def head_background(self, t: int) -> np.ndarray:
+        """What the head is rendered over for frame t: its torso image (RGBA) over the plate, float32 [H,W,3] in
+        0..255 (not rounded)."""
+        if self._plate is None:
+            self.background()
+        torso = self.torso_rgba(t).astype(np.float32) / 255.0
+        a = torso[..., 3:]
+        return (torso[..., :3] * a + self._plate.astype(np.float32) / 255.0 * (1.0 - a)) * 255.0
+
     def head_target(self, t: int, labels: np.ndarray | None = None) -> np.ndarray:
         """Head-stage ground truth: the frame with its background replaced by the plate, uint8 [H,W,3].
         labels: frame t's label map when the caller has already read it."""

@@ -287,7 +287,8 @@ class HeldOut:
     def self_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The held-out frames' own audio -> Audio2Motion -> post-processing, as inference does (temperature 0,
         mouth_amp 1, inference's default LLE blend and pause closing, no synthetic blinks), from the audio features
-        preprocessing stored for these frames (the model's kind; no feature extractor needed). Returns (windows [N,W,68,3], eye [N,W], motion [N,68,3])."""
+        preprocessing stored for these frames (the model's kind; no feature extractor needed).
+        Returns (windows [N,W,68,3], eye [N,W], motion [N,68,3])."""
         from networks.audio2motion import postprocess, predict_motion
         from talkfield.inference import Knobs, condition_window
 

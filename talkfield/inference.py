@@ -588,9 +588,7 @@ class FrameRenderer:
         if self.torso is not None:
             return self.plate
         if src not in self._bg_cache:
-            torso = self.ds.torso_rgba(int(src)).astype(np.float32) / 255.0
-            a = torso[..., 3:]
-            bg = (torso[..., :3] * a + self.ds.background().astype(np.float32) / 255.0 * (1.0 - a)) * 255.0
+            bg = self.ds.head_background(int(src))
             self._bg_cache[src] = _to_device(_resize(np.clip(np.round(bg), 0, 255).astype(np.uint8), self.size),
                                              self.device)
             self._bg_order.append(src)
@@ -764,13 +762,16 @@ class TalkingHeadPipeline:
         padded to a multiple of `bucket`; the first frames of each bucket compile). mode: none | default |
         reduce-overhead | max-autotune-no-cudagraphs. CUDA only: elsewhere a notice, and the field stays eager.
         Returns whether the field is compiled."""
-        if mode and str(mode).lower() not in ("none", "off", "false") and self.device.type != "cuda":
+        from lightning_modules.head_nerf import infer_compile_mode
+
+        mode = infer_compile_mode(mode)
+        if mode is not None and self.device.type != "cuda":
             log.info("compile=%s: the compiled head field is CUDA-only; eager on %s", mode, self.device)
             mode = None
-        self.head.compile_for_inference(mode, bucket)
-        if self.head._compiled_frames is not None:
+        compiled = self.head.compile_for_inference(mode, bucket)
+        if compiled:
             log.info("head field: torch.compile mode %s, samples padded to a multiple of %d", mode, bucket)
-        return self.head._compiled_frames is not None
+        return compiled
 
     # --- motion ---------------------------------------------------------------------------------------------------
     def motion(self, wav: np.ndarray, knobs: Knobs, timer: StageTimer | None = None) -> np.ndarray:

@@ -323,7 +323,7 @@ def test_compiled_frames_field_equals_eager(monkeypatch):
     real_call = BucketedCompile.__call__
     monkeypatch.setattr(BucketedCompile, "__call__",
                         lambda self, *a: calls.append(a[0].shape[0]) or real_call(self, *a))
-    head.compile_for_inference("default", bucket=64, backend="aot_eager")
+    assert head.compile_for_inference("default", bucket=64, backend="aot_eager")
     assert head._compiled_frames.padded_size(100) == 128
     with torch.no_grad():
         comp = head.frames_field_fn(cond, code)(xyz, dirs, image)
@@ -337,5 +337,5 @@ def test_compiled_frames_field_equals_eager(monkeypatch):
     with torch.enable_grad():
         head.frames_field_fn(cond, code)(xyz, dirs, image)
     assert len(calls) == n
-    head.compile_for_inference("none")
+    assert not head.compile_for_inference("none")
     assert head._compiled_frames is None

@@ -284,15 +284,21 @@ def test_composite_rays_train_gradcheck_float64():
                                     (sig, rgb, amb))
 
 
-def test_render_inference_equals_training_composite():
-    o, d, bitfield, nears, fars = _setup(250, 16, 0.3, seed=70)
+def _inference_scene(n: int, seed: int):
+    """Rays through a 16^3 grid 30% occupied, that grid as an OccupancyGrid, and a per-sample analytic field."""
+    o, d, bitfield, nears, fars = _setup(n, 16, 0.3, seed=seed)
     grid = cuda_ext.OccupancyGrid(AABB, resolution=16)
     grid.bitfield.copy_(bitfield)
-    dt, max_steps, T = 2 * math.sqrt(3) / 16, 10, 1e-3
 
     def field(x, dirs):
         return 6.0 * (1.2 + torch.sin(3 * x).sum(-1)), torch.sigmoid(x * 2 + dirs)
 
+    return o, d, bitfield, nears, fars, grid, field
+
+
+def test_render_inference_equals_training_composite():
+    o, d, bitfield, nears, fars, grid, field = _inference_scene(250, seed=70)
+    dt, max_steps, T = 2 * math.sqrt(3) / 16, 10, 1e-3
     xyzs, dirs, deltas, rays = ti._march_rays_train(o, d, bitfield, AABB_T, nears, fars, resolution=16, dt=dt,
                                                     max_steps=max_steps)
     s, c = field(xyzs, dirs)
@@ -309,14 +315,8 @@ def test_render_inference_equals_training_composite():
 def test_render_inference_lazy_compaction_same_result(every):
     """Finished rays retired in place between compactions: the same per-ray results as compacting every pass (the
     field is per sample, so bit for bit), fewer compactions, more padded samples."""
-    o, d, bitfield, nears, fars = _setup(300, 16, 0.3, seed=71)
-    grid = cuda_ext.OccupancyGrid(AABB, resolution=16)
-    grid.bitfield.copy_(bitfield)
+    o, d, _, _, _, grid, field = _inference_scene(300, seed=71)
     dt, max_steps, T = 2 * math.sqrt(3) / 16, 12, 1e-3
-
-    def field(x, dirs):
-        return 6.0 * (1.2 + torch.sin(3 * x).sum(-1)), torch.sigmoid(x * 2 + dirs)
-
     out, stats = {}, {}
     for k in (1, every):
         stats[k] = {}
@@ -326,6 +326,8 @@ def test_render_inference_lazy_compaction_same_result(every):
     assert (out[1][0] > 0.5).sum() > 20 and (out[1][0] < 0.1).sum() > 20  # opaque and see-through rays
     for a, b in zip(out[1], out[every]):
         assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="compact_every"):
+        cuda_ext.render_inference(field, o, d, grid, dt=dt, max_steps=max_steps, compact_every=0)
     assert stats[1]["compactions"] == stats[1]["passes"]
     assert stats[every]["compactions"] == stats[every]["passes"] // every < stats[1]["compactions"]
     assert stats[every]["samples"] > stats[1]["samples"]
